@@ -1,0 +1,154 @@
+"""The recommender contract and the ranking helpers every recommender shares (SPEC §5.1).
+
+A recommender is built in two steps, as scikit-learn estimators are: ``__init__``
+stores keyword hyperparameters unchanged, ``fit(...)`` validates the loaded
+artifacts and computes every derived array once (attributes ending in ``_``).
+After that, ``can_recommend`` and ``recommend`` only read state. State is numpy
+arrays, dicts, tuples and scalars, so every recommender pickles.
+
+Rankings everywhere break ties by GUID ascending (SPEC §0). Recommenders keep a
+precomputed integer rank per GUID so that ``np.lexsort`` can order by
+(score descending, GUID ascending) without comparing strings at request time.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+#: The recommender names of the ensemble, in their fixed order (SPEC §5.5).
+ENSEMBLE_MEMBERS = ("collaborative", "similarity", "locale")
+
+
+class Recommender(abc.ABC):
+    """Per-user recommender interface (SPEC §5.1).
+
+    Subclasses store hyperparameters in ``__init__`` and build derived state in
+    ``fit``. ``profile`` is the normalised dict of SPEC §3.4; ``extra`` carries
+    request options such as ``{"locale": "de", "platform": "win"}``. Neither is
+    ever mutated.
+    """
+
+    @abc.abstractmethod
+    def fit(self, **artifacts) -> Recommender:
+        """Build derived state from loaded artifacts.
+
+        Parameters
+        ----------
+        **artifacts
+            Normalised artifacts by catalogue key (SPEC §2.7); a missing or
+            ``None`` artifact leaves the recommender unable to recommend.
+
+        Returns
+        -------
+        Recommender
+            ``self``.
+        """
+
+    @abc.abstractmethod
+    def can_recommend(self, profile: Mapping, extra: Mapping | None = None) -> bool:
+        """Whether this recommender has the models and profile fields it needs.
+
+        Parameters
+        ----------
+        profile : Mapping
+            Normalised client profile (SPEC §3.4).
+        extra : Mapping, optional
+            Request options (``locale``, ``platform``).
+
+        Returns
+        -------
+        bool
+        """
+
+    @abc.abstractmethod
+    def recommend(self, profile: Mapping, limit: int, extra: Mapping | None = None) -> list[tuple[str, float]]:
+        """Return at most ``limit`` ``(guid, weight)`` pairs.
+
+        Parameters
+        ----------
+        profile : Mapping
+            Normalised client profile (SPEC §3.4).
+        limit : int
+            Maximum number of results (>= 0).
+        extra : Mapping, optional
+            Request options (``locale``, ``platform``).
+
+        Returns
+        -------
+        list of (str, float)
+            Sorted by weight descending, ties by GUID ascending; ``[]`` when the
+            recommender cannot recommend for this profile.
+        """
+
+
+def check_limit(limit) -> int:
+    """Return ``limit`` as an int, or raise ValueError naming the argument."""
+    if isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 0:
+        raise ValueError(f"limit must be a non-negative int, got {limit!r}")
+    return int(limit)
+
+
+def guid_ranks(guids: Sequence[str]) -> np.ndarray:
+    """Rank of each GUID in ascending string order (0 = smallest); the tie-breaker array."""
+    order = sorted(range(len(guids)), key=guids.__getitem__)
+    ranks = np.empty(len(guids), dtype=np.int64)
+    ranks[order] = np.arange(len(guids), dtype=np.int64)
+    return ranks
+
+
+def top_indices(scores: np.ndarray, tiebreak: np.ndarray, limit: int) -> np.ndarray:
+    """Indices of the ``limit`` best entries: score descending, then ``tiebreak`` ascending.
+
+    Only the entries scoring at least the ``limit``-th best score are sorted, so
+    the cost is a partition plus a small lexsort. ``scores`` must be finite.
+    """
+    n = scores.shape[0]
+    if limit <= 0 or n == 0:
+        return np.empty(0, dtype=np.int64)
+    if limit < n:
+        kth = np.partition(scores, n - limit)[n - limit]
+        idx = np.flatnonzero(scores >= kth)
+    else:
+        idx = np.arange(n)
+    order = np.lexsort((tiebreak[idx], -scores[idx]))
+    return idx[order[:limit]]
+
+
+def sort_pairs(pairs) -> list[tuple[str, float]]:
+    """Sort ``(guid, weight)`` pairs by weight descending, ties GUID ascending."""
+    return sorted(pairs, key=lambda p: (-p[1], p[0]))
+
+
+def timer(metrics, name: str):
+    """A context manager timing ``name`` on a markus-like ``metrics`` object (or nothing).
+
+    Uses ``metrics.timer(name)`` when available, else measures and calls
+    ``metrics.timing(name, ms)``; ``metrics=None`` times nothing.
+    """
+    if metrics is None:
+        return contextlib.nullcontext()
+    if hasattr(metrics, "timer"):
+        return metrics.timer(name)
+    if hasattr(metrics, "timing"):
+        return _timing(metrics, name)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _timing(metrics, name):
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        metrics.timing(name, (time.perf_counter() - started) * 1000.0)
+
+
+def incr(metrics, name: str, tags=None) -> None:
+    """Increment counter ``name`` on a markus-like ``metrics`` object, if any."""
+    if metrics is not None and hasattr(metrics, "incr"):
+        metrics.incr(name, value=1, tags=tags)

@@ -1,0 +1,110 @@
+"""Collaborative filtering from implicit-ALS item factors (SPEC §5.2).
+
+The ALS job publishes only item factors (``item_matrix``) and the id -> GUID
+mapping (``addon_mapping``). A client's vector is the sum of the factors of the
+items it has installed, and every item is scored by its dot product with that
+vector. Items the client has, and items that are not webextensions, are never
+recommended. Scores may be negative.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+
+from taar.hashing import item_id
+
+from .base import Recommender, check_limit, guid_ranks, top_indices
+
+logger = logging.getLogger(__name__)
+
+
+class CollaborativeRecommender(Recommender):
+    """Scores items by ``M · Σ_{installed} M[j]`` over ALS item factors.
+
+    Attributes
+    ----------
+    factors_ : ndarray of shape (n_items, k)
+        Item factors in ``item_matrix`` file order.
+    item_ids_ : ndarray of shape (n_items,)
+        23-bit item id of each row.
+    row_of_ : dict[int, int]
+        Item id -> row.
+    guids_ : tuple of str
+        GUID of each row (``""`` when the mapping has no entry).
+    eligible_ : ndarray of bool, shape (n_items,)
+        Row has a mapping entry with ``isWebextension is True`` (first row of a GUID only).
+    guid_rank_ : ndarray of int, shape (n_items,)
+        Tie-break rank of each row's GUID.
+    loaded_ : bool
+        Both artifacts were given.
+
+    Examples
+    --------
+    >>> rec = CollaborativeRecommender().fit(
+    ...     item_matrix=[{"id": 1, "features": [1.0]}, {"id": 2, "features": [2.0]}],
+    ...     addon_mapping={"1": {"id": "a", "isWebextension": True},
+    ...                    "2": {"id": "b", "isWebextension": True}})
+    >>> rec.loaded_
+    True
+    """
+
+    def fit(self, item_matrix=None, addon_mapping=None) -> CollaborativeRecommender:
+        """Build the factor matrix and the row metadata; missing artifacts -> cannot recommend."""
+        self.loaded_ = item_matrix is not None and addon_mapping is not None
+        rows = item_matrix if self.loaded_ else []
+        mapping = addon_mapping if self.loaded_ else {}
+        k = len(rows[0]["features"]) if rows else 0
+        self.factors_ = np.array([r["features"] for r in rows], dtype=np.float64).reshape(len(rows), k)
+        self.item_ids_ = np.array([int(r["id"]) for r in rows], dtype=np.int64)
+        self.row_of_ = {int(i): j for j, i in enumerate(self.item_ids_.tolist())}
+        guids, eligible, seen = [], [], set()
+        for i in self.item_ids_.tolist():
+            entry = mapping.get(str(i))
+            guid = entry.get("id") if isinstance(entry, Mapping) else None
+            ok = isinstance(guid, str) and bool(guid) and entry.get("isWebextension") is True
+            if ok and guid in seen:
+                logger.warning("addon_mapping maps GUID %s to several item ids; keeping the first row", guid)
+                ok = False
+            if ok:
+                seen.add(guid)
+            guids.append(guid if isinstance(guid, str) else "")
+            eligible.append(ok)
+        self.guids_ = tuple(guids)
+        self.eligible_ = np.array(eligible, dtype=bool)
+        self.guid_rank_ = guid_ranks(self.guids_)
+        if self.loaded_ and not np.isfinite(self.factors_).all():
+            raise ValueError("item_matrix contains non-finite features")
+        return self
+
+    def can_recommend(self, profile: Mapping, extra: Mapping | None = None) -> bool:
+        return bool(self.loaded_ and profile.get("installed_addons"))
+
+    def installed_rows(self, profile: Mapping) -> np.ndarray:
+        """Rows of the client's installed add-ons, looked up by item id (SPEC §5.2 ``R``)."""
+        rows = {self.row_of_.get(item_id(g)) for g in profile.get("installed_addons") or ()}
+        rows.discard(None)
+        return np.array(sorted(rows), dtype=np.int64)
+
+    def scores(self, profile: Mapping) -> tuple[np.ndarray, np.ndarray]:
+        """``(s, R)``: the score of every row and the installed rows (``s`` empty when R is)."""
+        installed = self.installed_rows(profile)
+        if installed.size == 0:
+            return np.empty(0), installed
+        user = self.factors_[installed].sum(axis=0)
+        return self.factors_ @ user, installed
+
+    def recommend(self, profile: Mapping, limit: int, extra: Mapping | None = None) -> list[tuple[str, float]]:
+        limit = check_limit(limit)
+        if not self.can_recommend(profile, extra):
+            return []
+        s, installed = self.scores(profile)
+        if installed.size == 0:
+            return []
+        candidate = self.eligible_.copy()
+        candidate[installed] = False
+        rows = np.flatnonzero(candidate)
+        best = rows[top_indices(s[rows], self.guid_rank_[rows], limit)]
+        return [(self.guids_[j], float(s[j])) for j in best.tolist()]

@@ -1,0 +1,168 @@
+"""Per-request orchestration: test ids, profile lookup, ensemble, selection (SPEC §5.7).
+
+:class:`RecommendationManager` turns a validated hashed client id into a
+:class:`Recommendation`. It holds an :class:`~taar.recommenders.engine.Engine`
+(read-only) and a profile fetcher. Randomness comes only from the per-request
+seed: a fresh 63-bit seed from ``os.urandom`` unless the caller fixes one, so a
+logged seed replays a response exactly.
+
+Pickling drops the profile fetcher (it holds a client connection). An unpickled
+manager re-creates it lazily from ``profile_fetcher_factory`` when one was given
+(it must itself pickle, e.g. a module-level function or ``functools.partial``);
+without a factory it can still answer test ids, and raises RuntimeError for a
+profile lookup.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from taar.hashing import is_test_id
+
+from .base import check_limit, incr, sort_pairs, timer
+from .randomizer import weighted_sample
+
+logger = logging.getLogger(__name__)
+
+#: Pool size per requested result when no whitelist is loaded (SPEC §5.7.2).
+POOL_PER_RESULT = 10
+
+
+def fresh_seed() -> int:
+    """A 63-bit non-negative seed from ``os.urandom``."""
+    return int.from_bytes(os.urandom(8), "big") >> 1
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The answer for one client.
+
+    Attributes
+    ----------
+    results : list of (str, float)
+        Chosen ``(guid, weight)`` pairs, weight descending, ties GUID ascending.
+    sources : dict[str, dict[str, float]]
+        Per returned GUID, its contributions: ``{"collaborative": c, ...}`` from
+        the ensemble, or ``{"test": w}`` for test ids.
+    seed : int
+        The RNG seed used (replaying it reproduces ``results``).
+    is_test : bool
+        The id was a test id (whitelist-based answer, no profile read).
+    unknown_client : bool
+        No profile was found (or it could not be read).
+    """
+
+    results: list[tuple[str, float]] = field(default_factory=list)
+    sources: dict[str, dict[str, float]] = field(default_factory=dict)
+    seed: int = 0
+    is_test: bool = False
+    unknown_client: bool = False
+
+    @property
+    def guids(self) -> list[str]:
+        """Just the GUIDs of ``results``."""
+        return [g for g, _ in self.results]
+
+
+class RecommendationManager:
+    """Recommends for one hashed client id against one engine.
+
+    Parameters
+    ----------
+    engine : Engine
+        Fitted recommenders (see :func:`taar.recommenders.engine.build_engine`).
+    profile_fetcher : object with ``get(hashed_id) -> profile | None``, or None
+        Usually :class:`taar.profile.ProfileFetcher`. Dropped on pickling.
+    randomize : bool, default True
+        Weighted sampling (``TAAR_RANDOMIZE``) instead of plain top-N.
+    candidate_pool : int, default 0
+        ``TAAR_CANDIDATE_POOL``; 0 means ``len(whitelist)``, or ``10 × limit``
+        without a whitelist.
+    profile_fetcher_factory : callable, optional
+        Re-creates the fetcher after unpickling.
+    """
+
+    def __init__(self, engine, profile_fetcher=None, *, randomize: bool = True, candidate_pool: int = 0,
+                 profile_fetcher_factory: Callable[[], object] | None = None):
+        if isinstance(candidate_pool, bool) or not isinstance(candidate_pool, int) or candidate_pool < 0:
+            raise ValueError(f"candidate_pool must be a non-negative int, got {candidate_pool!r}")
+        self.engine = engine
+        self.profile_fetcher = profile_fetcher
+        self.randomize = randomize
+        self.candidate_pool = candidate_pool
+        self.profile_fetcher_factory = profile_fetcher_factory
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["profile_fetcher"] = None  # holds a store client; re-created lazily
+        return state
+
+    def _fetcher(self):
+        if self.profile_fetcher is None:
+            if self.profile_fetcher_factory is None:
+                raise RuntimeError("RecommendationManager has no profile fetcher (dropped on pickling "
+                                   "and no profile_fetcher_factory given)")
+            self.profile_fetcher = self.profile_fetcher_factory()
+        return self.profile_fetcher
+
+    def pool_size(self, limit: int) -> int:
+        """``N`` of SPEC §5.7.2."""
+        if self.candidate_pool > 0:
+            return self.candidate_pool
+        if self.engine.whitelist:
+            return len(self.engine.whitelist)
+        return POOL_PER_RESULT * limit
+
+    def select(self, candidates, limit: int, rng: np.random.Generator) -> list[tuple[str, float]]:
+        """SPEC §5.7.3: weighted sample or top ``limit``, returned weight desc, ties GUID asc."""
+        if self.randomize:
+            return weighted_sample(candidates, limit, rng)
+        return sort_pairs(candidates)[:limit]
+
+    def recommend(self, client_id: str, limit: int, extra: Mapping | None = None, seed: int | None = None,
+                  metrics=None) -> Recommendation:
+        """Recommend up to ``limit`` add-ons for ``client_id``.
+
+        Parameters
+        ----------
+        client_id : str
+            A validated lowercase hashed client id, or a test id (SPEC §5.7.1).
+        limit : int
+            Maximum number of results (``TAAR_MAX_RESULTS``).
+        extra : Mapping, optional
+            Request options (``locale``, ``platform``), passed to the recommenders.
+        seed : int, optional
+            RNG seed; ``None`` draws a fresh 63-bit seed.
+        metrics : markus-like, optional
+            Receives ``test_client``, the ``profile_recommendation`` timer and the
+            ensemble's timers and error counters.
+        """
+        limit = check_limit(limit)
+        seed = fresh_seed() if seed is None else int(seed)
+        rng = np.random.Generator(np.random.PCG64(seed))
+        if is_test_id(client_id):
+            return self._recommend_test(client_id, limit, seed, rng, metrics)
+        with timer(metrics, "profile_recommendation"):
+            profile = self._fetcher().get(client_id)
+            if profile is None:
+                return Recommendation([], {}, seed, False, True)
+            pool, sources = self.engine.ensemble.recommend_explained(
+                profile, self.pool_size(limit), extra, metrics)
+            pool = [(g, w) for g, w in pool if math.isfinite(w)]
+            results = self.select(pool, limit, rng)
+        logger.info("Client recommendations results", extra={
+            "client_id": client_id, "guids": [g for g, _ in results], "seed": seed,
+            "model_versions": self.engine.model_versions})
+        return Recommendation(results, {g: sources.get(g, {}) for g, _ in results}, seed, False, False)
+
+    def _recommend_test(self, client_id, limit, seed, rng, metrics) -> Recommendation:
+        incr(metrics, "test_client")
+        logger.info("Test ID detected", extra={"client_id": client_id, "seed": seed})
+        results = self.select(list(self.engine.test_candidates), limit, rng)
+        return Recommendation(results, {g: {"test": w} for g, w in results}, seed, True, False)

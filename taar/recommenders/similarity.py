@@ -1,0 +1,207 @@
+"""Similarity ("donor") recommender with likelihood-ratio weights (SPEC §5.3).
+
+The similarity job publishes ~1000 donor clients with their features and
+add-ons, and a likelihood-ratio curve: for a distance x between two clients,
+``numerator(x) / denominator(x)`` says how much more likely that distance is
+between clients of the same cluster than between clients of different clusters.
+A client is compared with every donor; each donor whose LR exceeds 1 votes
+``ln(LR)`` for each of its add-ons.
+
+:func:`similarity_distances` is the single distance function: the service uses
+it here and the Spark job (SPEC §8.7) imports it to build the curves, so
+training and serving distances cannot drift apart. :func:`reference_scores` is a
+slow, loop-by-loop transcription of the SPEC kept to test the vectorised path.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from scipy import sparse
+
+from .base import Recommender, check_limit, top_indices
+
+logger = logging.getLogger(__name__)
+
+CATEGORICAL = ("geo_city", "locale", "os")
+CONTINUOUS = ("subsession_length", "bookmark_count", "tab_open_count", "total_uri", "unique_tlds")
+FEATURES = CATEGORICAL + CONTINUOUS
+#: Added to the canberra distance so that identical continuous features still
+#: count the categorical mismatch (SPEC §5.3).
+CANBERRA_OFFSET = 0.001
+#: Below this best log-likelihood ratio the donors barely discriminate; worth a warning.
+WEAK_LR_WARNING = 0.1
+
+
+def similarity_distances(XD, CD, x_c, c_c) -> np.ndarray:
+    """Distance of a client to every donor (SPEC §5.3).
+
+    ``dist = (canberra(XD_d, x_c) + 0.001) * hamming(CD_d, c_c)`` where canberra
+    terms with a zero denominator count 0 and hamming is the fraction of the
+    three categorical fields that differ.
+
+    Parameters
+    ----------
+    XD : array_like of shape (n_donors, 5)
+        Continuous features of the donors (SPEC §5.3 order).
+    CD : array_like of shape (n_donors, 3)
+        Categorical features of the donors: strings or integer codes.
+    x_c : array_like of shape (5,) or (n_donors, 5)
+        Continuous features of the client; a 2-D array pairs row by row
+        (the Spark job uses this for its donor pairs).
+    c_c : array_like of shape (3,) or (n_donors, 3)
+        Categorical features of the client, same encoding as ``CD``.
+
+    Returns
+    -------
+    ndarray of shape (n_donors,)
+    """
+    XD = np.asarray(XD, dtype=np.float64)
+    x_c = np.asarray(x_c, dtype=np.float64)
+    num = np.abs(XD - x_c)
+    den = np.abs(XD) + np.abs(x_c)
+    safe = np.where(den > 0, den, 1.0)
+    canberra = np.where(den > 0, num / safe, 0.0).sum(axis=-1)
+    hamming = (np.asarray(CD) != np.asarray(c_c)).sum(axis=-1) / len(CATEGORICAL)
+    return (canberra + CANBERRA_OFFSET) * hamming
+
+
+def nearest_points(xs: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """Index of the curve point nearest to each distance; the lower index on ties."""
+    last = xs.shape[0] - 1
+    j = np.searchsorted(xs, dist)
+    lo = np.clip(j - 1, 0, last)
+    hi = np.clip(j, 0, last)
+    return np.where(np.abs(xs[hi] - dist) < np.abs(xs[lo] - dist), hi, lo)
+
+
+def _number(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return 0.0
+    return float(value)
+
+
+def _string(value) -> str:
+    return value if isinstance(value, str) else ""
+
+
+class SimilarityRecommender(Recommender):
+    """Votes ``ln(LR)`` of similar donors for their add-ons.
+
+    Attributes
+    ----------
+    donor_x_ : ndarray of shape (n_donors, 5)
+        Continuous donor features.
+    donor_c_ : ndarray of int, shape (n_donors, 3)
+        Categorical donor features as per-column integer codes.
+    codes_ : tuple of 3 dicts
+        Value -> code per categorical column; unknown client values get -1.
+    donor_addons_t_ : scipy.sparse.csr_matrix of shape (n_guids, n_donors)
+        Transposed donor x GUID incidence (``Aᵀ``), columns of ``A`` in GUID order.
+    guids_ : tuple of str
+        GUIDs, ascending (so the column index is the tie-break rank).
+    xs_, numerator_, denominator_ : ndarray
+        LR curve points with finite ``x``, ascending.
+    loaded_ : bool
+        Both artifacts were given and non-empty.
+    """
+
+    def fit(self, donors=None, lr_curves=None) -> SimilarityRecommender:
+        """Encode the donors and the curve; missing artifacts -> cannot recommend."""
+        donors = list(donors or []) if lr_curves is not None else []
+        points = [p for p in (lr_curves or []) if math.isfinite(float(p[0]))] if donors else []
+        self.loaded_ = bool(donors) and bool(points)
+        if not self.loaded_:
+            donors, points = [], []
+        self.donor_x_ = np.array([[_number(d.get(f)) for f in CONTINUOUS] for d in donors],
+                                 dtype=np.float64).reshape(len(donors), len(CONTINUOUS))
+        codes = tuple({} for _ in CATEGORICAL)
+        cats = [[codes[i].setdefault(_string(d.get(f)), len(codes[i])) for i, f in enumerate(CATEGORICAL)]
+                for d in donors]
+        self.codes_ = codes
+        self.donor_c_ = np.array(cats, dtype=np.int64).reshape(len(donors), len(CATEGORICAL))
+        addon_lists = [list(dict.fromkeys(a for a in d.get("active_addons") or () if isinstance(a, str)))
+                       for d in donors]
+        self.guids_ = tuple(sorted({g for lst in addon_lists for g in lst}))
+        column = {g: i for i, g in enumerate(self.guids_)}
+        indptr = np.cumsum([0] + [len(lst) for lst in addon_lists])
+        indices = np.array([column[g] for lst in addon_lists for g in lst], dtype=np.int64)
+        incidence = sparse.csr_matrix((np.ones(indices.shape[0]), indices, indptr),
+                                      shape=(len(donors), len(self.guids_)))
+        self.donor_addons_t_ = incidence.T.tocsr()
+        points = sorted(points, key=lambda p: float(p[0]))
+        self.xs_ = np.array([float(p[0]) for p in points], dtype=np.float64)
+        self.numerator_ = np.array([float(p[1][0]) for p in points], dtype=np.float64)
+        self.denominator_ = np.array([float(p[1][1]) for p in points], dtype=np.float64)
+        return self
+
+    def can_recommend(self, profile: Mapping, extra: Mapping | None = None) -> bool:
+        return self.loaded_ and all(profile.get(f) is not None for f in FEATURES)
+
+    def encode(self, profile: Mapping) -> tuple[np.ndarray, np.ndarray]:
+        """The client's continuous vector and categorical codes (-1 = matches no donor)."""
+        x_c = np.array([_number(profile.get(f)) for f in CONTINUOUS], dtype=np.float64)
+        c_c = np.array([self.codes_[i].get(_string(profile.get(f)), -1) for i, f in enumerate(CATEGORICAL)],
+                       dtype=np.int64)
+        return x_c, c_c
+
+    def log_likelihood_ratios(self, profile: Mapping) -> np.ndarray:
+        """``ln(LR_d)`` per donor; NaN for donors skipped (zero denominator, non-finite ratio)."""
+        x_c, c_c = self.encode(profile)
+        dist = similarity_distances(self.donor_x_, self.donor_c_, x_c, c_c)
+        i = nearest_points(self.xs_, dist)
+        num, den = self.numerator_[i], self.denominator_[i]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = num / den
+            ok = (den != 0) & np.isfinite(ratio)
+            return np.where(ok, np.log(np.where(ok, ratio, 1.0)), np.nan)
+
+    def scores(self, profile: Mapping) -> np.ndarray:
+        """Score of every GUID in ``guids_``: ``Aᵀ · (ℓ ⊙ [ℓ > 0])``."""
+        ell = self.log_likelihood_ratios(profile)
+        valid = ell[~np.isnan(ell)]
+        if valid.size and valid.max() < WEAK_LR_WARNING:
+            logger.warning("similarity: best log-likelihood ratio %.4f is below %.1f",
+                           float(valid.max()), WEAK_LR_WARNING)
+        votes = np.where(ell > 0, ell, 0.0)  # NaN > 0 is False
+        return self.donor_addons_t_ @ votes
+
+    def recommend(self, profile: Mapping, limit: int, extra: Mapping | None = None) -> list[tuple[str, float]]:
+        limit = check_limit(limit)
+        if not self.can_recommend(profile, extra):
+            return []
+        s = self.scores(profile)
+        positive = np.flatnonzero(s > 0)
+        best = positive[top_indices(s[positive], positive, limit)]
+        return [(self.guids_[j], float(s[j])) for j in best.tolist()]
+
+
+def reference_scores(donors: Sequence[Mapping], lr_curves: Sequence, profile: Mapping) -> dict[str, float]:
+    """Slow transcription of SPEC §5.3, one donor at a time: ``{guid: score}`` for score > 0.
+
+    Kept beside the vectorised path so tests can check one against the other.
+    """
+    points = sorted((p for p in lr_curves if math.isfinite(float(p[0]))), key=lambda p: float(p[0]))
+    scores: dict[str, float] = {}
+    for donor in donors:
+        canberra = 0.0
+        for f in CONTINUOUS:
+            u, v = _number(donor.get(f)), _number(profile.get(f))
+            if abs(u) + abs(v) > 0:
+                canberra += abs(u - v) / (abs(u) + abs(v))
+        differing = sum(_string(donor.get(f)) != _string(profile.get(f)) for f in CATEGORICAL)
+        dist = (canberra + CANBERRA_OFFSET) * (differing / 3)
+        best = 0
+        for i, p in enumerate(points):  # strictly closer wins, so the lower index keeps ties
+            if abs(float(p[0]) - dist) < abs(float(points[best][0]) - dist):
+                best = i
+        num, den = float(points[best][1][0]), float(points[best][1][1])
+        if den == 0 or not math.isfinite(num / den) or num / den <= 1:
+            continue
+        ell = math.log(num / den)
+        for g in dict.fromkeys(donor.get("active_addons") or ()):
+            scores[g] = scores.get(g, 0.0) + ell
+    return {g: s for g, s in scores.items() if s > 0}
