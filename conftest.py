@@ -5,6 +5,14 @@ Spark, the fake AMO server, synthetic telemetry) and starts it lazily, once per
 session, only when a test asks for it.
 """
 
+import os
+import tempfile
+
+# Airflow reads its home when first imported: give the test run its own, never ~/airflow.
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="taar-airflow-"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
 pytest_plugins = [
     "tests.fixtures.emulators",
     "tests.fixtures.spark",
