@@ -51,6 +51,16 @@ def _segments(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
     return group, np.repeat(starts, lengths) + offsets
 
 
+def candidate_order(group: np.ndarray, weights: np.ndarray, installs: np.ndarray,
+                    nodes: np.ndarray) -> np.ndarray:
+    """Permutation sorting candidates by group, then (round(w, 10) desc, installs desc, GUID asc).
+
+    ``nodes`` are node indices, which are GUID ranks. Rounding makes weights
+    that differ only by floating-point noise tie, so installs decide.
+    """
+    return np.lexsort((nodes, -installs, -np.round(weights, ROUND_DIGITS), group))
+
+
 def _within_group_rank(group: np.ndarray) -> np.ndarray:
     """0, 1, 2... inside each run of equal values of a sorted ``group`` array."""
     n = group.shape[0]
@@ -204,7 +214,7 @@ class GuidBasedRecommender:
 
     def _order(self, group, nodes, weights, n_groups):
         """Sort each group by (round(w, 10) desc, installs desc, GUID asc); CSR-style output."""
-        order = np.lexsort((nodes, -self.installs_[nodes], -np.round(weights, ROUND_DIGITS), group))
+        order = candidate_order(group, weights, self.installs_[nodes], nodes)
         indptr = np.r_[0, np.cumsum(np.bincount(group, minlength=n_groups))]
         return indptr, nodes[order].astype(np.int64), weights[order].astype(np.float64)
 

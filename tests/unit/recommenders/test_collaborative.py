@@ -1,0 +1,96 @@
+"""CollaborativeRecommender (SPEC §5.2) on the five-row toy matrix of ``toy.py``.
+
+Factors: m-alpha [1, 0], b-beta [0, 1], c-gamma [1, 1], d-delta [2, -1],
+e-eps [-1, 2] (not a webextension).
+"""
+
+import pytest
+
+from taar.hashing import item_id
+from taar.recommenders import CollaborativeRecommender
+
+from . import toy
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def rec():
+    return CollaborativeRecommender().fit(item_matrix=toy.item_matrix(), addon_mapping=toy.addon_mapping())
+
+
+def test_scores_are_dot_products_with_the_summed_installed_factors(rec):
+    # u = [1, 0]; s = M·u: m-alpha 1 (installed), b-beta 0, c-gamma 1, d-delta 2, e-eps -1 (excluded)
+    got = rec.recommend(toy.profile(installed_addons=["m-alpha@x"]), 10)
+    assert got == [("d-delta@x", 2.0), ("c-gamma@x", 1.0), ("b-beta@x", 0.0)]
+
+
+def test_user_vector_sums_every_installed_row(rec):
+    # u = [1,0] + [0,1] = [1, 1]: c-gamma 2, d-delta 2-1 = 1 (m-alpha, b-beta installed)
+    got = rec.recommend(toy.profile(installed_addons=["m-alpha@x", "b-beta@x"]), 10)
+    assert got == [("c-gamma@x", 2.0), ("d-delta@x", 1.0)]
+
+
+def test_ties_are_broken_by_guid_ascending(rec):
+    # u = c-gamma = [1, 1]: m-alpha 1, b-beta 1, d-delta 1 -> all tied at 1.0
+    got = rec.recommend(toy.profile(installed_addons=["c-gamma@x"]), 10)
+    assert got == [("b-beta@x", 1.0), ("d-delta@x", 1.0), ("m-alpha@x", 1.0)]
+
+
+def test_negative_scores_are_kept(rec):
+    # installed e-eps (not a webextension, but its factors still build u) -> u = [-1, 2]
+    # m-alpha -1, b-beta 2, c-gamma -1+2 = 1, d-delta -2-2 = -4
+    got = rec.recommend(toy.profile(installed_addons=["e-eps@x"]), 10)
+    assert got == [("b-beta@x", 2.0), ("c-gamma@x", 1.0), ("m-alpha@x", -1.0), ("d-delta@x", -4.0)]
+
+
+def test_limit_truncates_after_ordering(rec):
+    got = rec.recommend(toy.profile(installed_addons=["e-eps@x"]), 2)
+    assert got == [("b-beta@x", 2.0), ("c-gamma@x", 1.0)]
+
+
+def test_non_webextension_rows_are_never_recommended(rec):
+    # u = b-beta = [0, 1] would score e-eps 2 (the best) but it is not a webextension
+    got = dict(rec.recommend(toy.profile(installed_addons=["b-beta@x"]), 10))
+    assert "e-eps@x" not in got
+    assert got == {"m-alpha@x": 0.0, "c-gamma@x": 1.0, "d-delta@x": -1.0}
+
+
+def test_mapping_entry_without_is_webextension_true_is_excluded():
+    mapping = toy.addon_mapping()
+    mapping[str(item_id("d-delta@x"))]["isWebextension"] = "true"  # a string is not `True`
+    del mapping[str(item_id("b-beta@x"))]  # a row without a mapping entry
+    rec = CollaborativeRecommender().fit(item_matrix=toy.item_matrix(), addon_mapping=mapping)
+    # u = [1, 0]: only c-gamma (1) remains eligible
+    assert rec.recommend(toy.profile(installed_addons=["m-alpha@x"]), 10) == [("c-gamma@x", 1.0)]
+
+
+def test_installed_addons_outside_the_matrix_give_nothing(rec):
+    p = toy.profile(installed_addons=["unknown@x"])
+    assert rec.can_recommend(p)  # both artifacts loaded, installed non-empty
+    assert rec.recommend(p, 10) == []
+
+
+def test_unknown_addons_are_ignored_beside_known_ones(rec):
+    got = rec.recommend(toy.profile(installed_addons=["unknown@x", "m-alpha@x"]), 1)
+    assert got == [("d-delta@x", 2.0)]
+
+
+def test_cannot_recommend_without_installed_addons(rec):
+    p = toy.profile(installed_addons=[])
+    assert not rec.can_recommend(p)
+    assert rec.recommend(p, 10) == []
+
+
+@pytest.mark.parametrize("missing", ["item_matrix", "addon_mapping"])
+def test_cannot_recommend_with_a_missing_artifact(missing):
+    given = {"item_matrix": toy.item_matrix(), "addon_mapping": toy.addon_mapping()}
+    given[missing] = None
+    rec = CollaborativeRecommender().fit(**given)
+    assert not rec.can_recommend(toy.profile())
+    assert rec.recommend(toy.profile(), 10) == []
+
+
+def test_bad_limit_names_the_argument(rec):
+    with pytest.raises(ValueError, match="limit"):
+        rec.recommend(toy.profile(), -1)

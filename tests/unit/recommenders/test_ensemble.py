@@ -1,0 +1,111 @@
+"""EnsembleRecommender (SPEC §5.5) over stub members with known outputs.
+
+Weights: collaborative 1.0, similarity 0.5, locale 2.0; installed: ["inst"].
+collaborative: x 4, y 2, inst 9; similarity: y 2, z 6; locale: x 0.5, w 1.
+Scores: x = 4·1 + 0.5·2 = 5; y = 2·1 + 2·0.5 = 3; z = 6·0.5 = 3; w = 1·2 = 2;
+inst dropped. Order x, y, z (y/z tie -> GUID), w.
+"""
+
+import pytest
+
+from taar.recommenders import EnsembleRecommender, LocaleRecommender
+
+from . import toy
+from .toy import RecordingMetrics, StubRecommender
+
+pytestmark = pytest.mark.unit
+
+WEIGHTS = {"ensemble_weights": {"collaborative": 1.0, "similarity": 0.5, "locale": 2.0}}
+PROFILE = toy.profile(installed_addons=["inst"])
+
+
+def members(similarity_error=None):
+    return {
+        "collaborative": StubRecommender([("inst", 9.0), ("x", 4.0), ("y", 2.0)]),
+        "similarity": StubRecommender([("z", 6.0), ("y", 2.0)], error=similarity_error),
+        "locale": StubRecommender([("w", 1.0), ("x", 0.5)]),
+    }
+
+
+def test_weighted_sum_drops_installed_and_breaks_ties_by_guid():
+    rec = EnsembleRecommender().fit(**members(), ensemble_weights=WEIGHTS)
+    assert rec.recommend(PROFILE, 10) == [("x", 5.0), ("y", 3.0), ("z", 3.0), ("w", 2.0)]
+    assert rec.recommend(PROFILE, 3) == [("x", 5.0), ("y", 3.0), ("z", 3.0)]
+
+
+def test_members_are_asked_for_limit_plus_installed():
+    m = members()
+    EnsembleRecommender().fit(**m, ensemble_weights=WEIGHTS).recommend(PROFILE, 3)
+    # L' = 3 + len(["inst"]) = 4
+    assert [s.limits for s in m.values()] == [[4], [4], [4]]
+
+
+def test_explained_contributions_are_score_times_weight():
+    rec = EnsembleRecommender().fit(**members(), ensemble_weights=WEIGHTS)
+    results, sources = rec.recommend_explained(PROFILE, 3)
+    assert results == [("x", 5.0), ("y", 3.0), ("z", 3.0)]
+    assert sources == {
+        "x": {"collaborative": 4.0, "locale": 1.0},
+        "y": {"collaborative": 2.0, "similarity": 1.0},
+        "z": {"similarity": 3.0},
+    }
+
+
+def test_a_raising_member_is_skipped_and_counted():
+    metrics = RecordingMetrics()
+    rec = EnsembleRecommender().fit(**members(similarity_error=RuntimeError("boom")), ensemble_weights=WEIGHTS)
+    # without similarity: x = 4 + 1 = 5, y = 2, w = 2 (tie -> "w" < "y")
+    results, _ = rec.recommend_explained(PROFILE, 10, metrics=metrics)
+    assert results == [("x", 5.0), ("w", 2.0), ("y", 2.0)]
+    assert metrics.counters == {"error_similarity": 1}
+
+
+def test_timers_per_member_and_for_the_ensemble():
+    metrics = RecordingMetrics()
+    EnsembleRecommender().fit(**members(), ensemble_weights=WEIGHTS).recommend_explained(
+        PROFILE, 3, metrics=metrics)
+    assert sorted(metrics.timings) == ["collaborative_recommend", "ensemble_recommend",
+                                       "locale_recommend", "similarity_recommend"]
+
+
+def test_members_that_cannot_recommend_are_not_called():
+    m = members()
+    m["collaborative"].can = False
+    rec = EnsembleRecommender().fit(**m, ensemble_weights=WEIGHTS)
+    # x = 0.5·2 = 1, y = 1, z = 3, w = 2
+    assert rec.recommend(PROFILE, 10) == [("z", 3.0), ("w", 2.0), ("x", 1.0), ("y", 1.0)]
+    assert m["collaborative"].limits == []
+
+
+def test_missing_weights_default_to_one_each():
+    rec = EnsembleRecommender().fit(**members(), ensemble_weights=None)
+    assert rec.weights_ == {"collaborative": 1.0, "similarity": 1.0, "locale": 1.0}
+    assert rec.weights_defaulted_
+    # x = 4 + 0.5, z = 6, y = 2 + 2, w = 1
+    assert rec.recommend(PROFILE, 10) == [("z", 6.0), ("x", 4.5), ("y", 4.0), ("w", 1.0)]
+
+
+def test_negative_member_scores_subtract():
+    m = members()
+    m["collaborative"].pairs = [("x", -3.0)]
+    rec = EnsembleRecommender().fit(**m, ensemble_weights=WEIGHTS)
+    # x = -3 + 0.5·2 = -2; z 3, w 2, y 2·0.5 = 1
+    assert rec.recommend(PROFILE, 10) == [("z", 3.0), ("w", 2.0), ("y", 1.0), ("x", -2.0)]
+
+
+def test_with_a_real_member_and_query_locale():
+    locale = LocaleRecommender().fit(locale=toy.LOCALE)
+    rec = EnsembleRecommender().fit(locale=locale, ensemble_weights=WEIGHTS)
+    p = toy.profile(locale="", installed_addons=["us1@x"])
+    # L' = 1 + 1 = 2 -> us1 0.5 (installed, dropped), us2 0.3·2 = 0.6
+    assert rec.can_recommend(p, {"locale": "en-US"})
+    assert rec.recommend(p, 1, {"locale": "en-US"}) == [("us2@x", pytest.approx(0.6))]
+
+
+def test_cannot_recommend_when_no_member_can():
+    m = members()
+    for stub in m.values():
+        stub.can = False
+    rec = EnsembleRecommender().fit(**m)
+    assert not rec.can_recommend(PROFILE)
+    assert rec.recommend(PROFILE, 3) == []

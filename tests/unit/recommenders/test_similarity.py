@@ -1,0 +1,187 @@
+"""SimilarityRecommender and the shared distance function (SPEC §5.3).
+
+The six donors of ``toy.py`` each carry their distance / curve-point arithmetic.
+Expected scores: A = ln 3 + ln 3 = ln 9, B = ln 3 + ln 2 = ln 6, C = ln 2,
+dd = zz = ln 8; E (LR 1/2) and F (denominator 0) get nothing.
+"""
+
+import copy
+import logging
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from taar import artifacts
+from taar.profile import normalise_profile
+from taar.recommenders import SimilarityRecommender
+from taar.recommenders.similarity import nearest_points, reference_scores, similarity_distances
+
+from . import toy
+
+pytestmark = pytest.mark.unit
+
+EXPECTED = [("A@x", math.log(9)), ("dd@x", math.log(8)), ("zz@x", math.log(8)),
+            ("B@x", math.log(6)), ("C@x", math.log(2))]
+
+
+@pytest.fixture
+def rec():
+    return SimilarityRecommender().fit(donors=toy.DONORS, lr_curves=toy.LR_CURVES)
+
+
+def assert_pairs(got, expected):
+    assert [g for g, _ in got] == [g for g, _ in expected]
+    assert [w for _, w in got] == pytest.approx([w for _, w in expected], rel=1e-12)
+
+
+def test_hand_computed_scores_and_order(rec):
+    # dd and zz tie at ln 8: GUID ascending
+    assert_pairs(rec.recommend(toy.profile(), 10), EXPECTED)
+
+
+def test_limit(rec):
+    assert_pairs(rec.recommend(toy.profile(), 2), EXPECTED[:2])
+
+
+def test_installed_addons_are_not_removed(rec):
+    got = rec.recommend(toy.profile(installed_addons=["A@x", "B@x"]), 10)
+    assert [g for g, _ in got][0] == "A@x"
+
+
+def test_distances_canberra_with_zero_denominators_and_hamming_thirds():
+    XD = [[3600, 0, 4, 100, 5], [10800, 0, 4, 100, 5], [0, 0, 0, 0, 0]]
+    CD = [["Rome", "it-IT", "Windows_NT"], ["Paris", "fr-FR", "Linux"], ["Berlin", "de-DE", "Darwin"]]
+    x_c = [3600, 0, 4, 100, 5]
+    c_c = ["Rome", "it-IT", "Linux"]
+    # (0 + 0.001)·1/3; (0.5 + 0.001)·2/3; (4 + 0.001)·3/3
+    expected = [0.001 / 3, 0.501 * 2 / 3, 4.001]
+    assert similarity_distances(XD, CD, x_c, c_c) == pytest.approx(expected, rel=1e-12)
+
+
+def test_distances_pair_row_by_row_for_the_spark_job():
+    XD = np.array([[1.0, 0, 0, 0, 0], [2.0, 0, 0, 0, 0]])
+    x_c = np.array([[3.0, 0, 0, 0, 0], [2.0, 0, 0, 0, 0]])
+    CD = np.array([["a", "b", "c"], ["a", "b", "c"]])
+    c_c = np.array([["x", "b", "c"], ["x", "y", "z"]])
+    # row 0: canberra |1-3|/4 = 0.5, hamming 1/3; row 1: canberra 0, hamming 1
+    assert similarity_distances(XD, CD, x_c, c_c) == pytest.approx([0.501 / 3, 0.001], rel=1e-12)
+
+
+def test_identical_categoricals_give_distance_zero():
+    assert similarity_distances([[1, 2, 3, 4, 5]], [[0, 0, 0]], [9, 9, 9, 9, 9], [0, 0, 0]).tolist() == [0.0]
+
+
+def test_nearest_point_prefers_the_lower_index_on_ties_and_clamps():
+    xs = np.array([0.0, 1.0, 2.0])
+    # 0.5 and 1.5 are equidistant -> lower index; -1 and 5 clamp; 1.0 exact; 0.4 -> 0; 0.6 -> 1
+    dist = np.array([0.5, 1.5, -1.0, 5.0, 1.0, 0.4, 0.6])
+    assert nearest_points(xs, dist).tolist() == [0, 1, 0, 2, 1, 0, 1]
+
+
+def test_nan_and_zero_denominator_points_are_skipped():
+    curves = [[0.0, [float("nan"), 1.0]], [1.0, [2.0, 1.0]], [5.0, [4.0, 0.0]]]
+    donors = [toy.DONORS[2], toy.DONORS[3]]  # distance 0 -> NaN point; distance 4.001 -> den 0
+    rec = SimilarityRecommender().fit(donors=donors, lr_curves=curves)
+    assert rec.can_recommend(toy.profile())
+    assert rec.recommend(toy.profile(), 10) == []
+
+
+def test_only_positive_scores_are_returned():
+    # every donor lands on x = 0 with LR 1/2: ln < 0, nothing votes
+    rec = SimilarityRecommender().fit(donors=toy.DONORS, lr_curves=[[0.0, [1.0, 2.0]]])
+    assert rec.recommend(toy.profile(), 10) == []
+
+
+def test_weak_curves_log_a_warning(caplog):
+    # LR e^0.05 everywhere: max ln = 0.05 < 0.1
+    rec = SimilarityRecommender().fit(donors=toy.DONORS, lr_curves=[[0.0, [math.exp(0.05), 1.0]]])
+    with caplog.at_level(logging.WARNING, logger="taar.recommenders.similarity"):
+        got = rec.recommend(toy.profile(), 1)
+    assert got[0][1] == pytest.approx(0.1)  # A@x: two donors vote 0.05 each
+    assert "below 0.1" in caplog.text
+
+
+@pytest.mark.parametrize("field", ["geo_city", "locale", "os", "subsession_length", "bookmark_count",
+                                   "tab_open_count", "total_uri", "unique_tlds"])
+def test_missing_or_null_feature_cannot_recommend(rec, field):
+    p = toy.profile()
+    del p[field]
+    assert not rec.can_recommend(p)
+    assert rec.recommend(p, 10) == []
+    assert not rec.can_recommend(toy.profile(**{field: None}))
+
+
+def test_unknown_categorical_value_matches_no_donor(rec):
+    # Atlantis differs from every donor city: one more difference for donors 1 and 3
+    p = toy.profile(geo_city="Atlantis")
+    expected = reference_scores(toy.DONORS, toy.LR_CURVES, p)
+    got = dict(rec.recommend(p, 10))
+    assert got == pytest.approx(expected)
+    # donor 3 now: hamming 1/3, dist 0.000333 -> x = 0 -> still ln 3; A = ln 9 unchanged
+    assert got["A@x"] == pytest.approx(math.log(9))
+
+
+def test_legacy_profile_keys_give_the_same_answer(rec):
+    legacy_payload = {
+        "city": "Rome", "locale": "it-IT", "os": "Linux", "subsession_hours_sum": 1.0,
+        "places_bookmarks_count": 0, "scalar_parent_browser_engagement_tab_open_event_count": 4,
+        "scalar_parent_browser_engagement_total_uri_count": 100,
+        "scalar_parent_browser_engagement_unique_domains_count": 5, "active_addons": [],
+    }
+    p = normalise_profile(legacy_payload, client_id="f0" * 32)
+    assert_pairs(rec.recommend(p, 10), EXPECTED)
+
+
+def test_legacy_donor_keys_give_the_same_answer():
+    donors = copy.deepcopy(toy.DONORS)
+    for d in donors:
+        d["city"] = d.pop("geo_city")
+        d["subsession_hours_sum"] = d.pop("subsession_length") / 3600
+    rec = SimilarityRecommender().fit(donors=artifacts.normalise("donors", donors), lr_curves=toy.LR_CURVES)
+    assert_pairs(rec.recommend(toy.profile(), 10), EXPECTED)
+
+
+@pytest.mark.parametrize("donors, curves", [(None, toy.LR_CURVES), (toy.DONORS, None), (None, None)])
+def test_missing_artifacts_cannot_recommend(donors, curves):
+    rec = SimilarityRecommender().fit(donors=donors, lr_curves=curves)
+    assert not rec.can_recommend(toy.profile())
+    assert rec.recommend(toy.profile(), 10) == []
+
+
+# ---------------------------------------------------------------- vectorised vs reference
+
+CITIES = st.sampled_from(["", "Rome", "Paris", "Oslo"])
+LOCALES = st.sampled_from(["", "it-IT", "fr-FR"])
+OSES = st.sampled_from(["Linux", "Darwin"])
+AMOUNTS = st.sampled_from([0.0, 1.0, 2.0, 5.0, 10.0, 100.0, 3600.0])
+GUIDS = st.sampled_from(["a", "b", "c", "d", "e", "f"])
+
+donor_strategy = st.fixed_dictionaries({
+    "geo_city": CITIES, "locale": LOCALES, "os": OSES,
+    "subsession_length": AMOUNTS, "bookmark_count": AMOUNTS, "tab_open_count": AMOUNTS,
+    "total_uri": AMOUNTS, "unique_tlds": AMOUNTS,
+    "active_addons": st.lists(GUIDS, min_size=1, max_size=4, unique=True),
+})
+curve_strategy = st.lists(
+    st.tuples(st.floats(0, 5, allow_nan=False), st.sampled_from([0.0, 0.5, 1.0, 2.0, 7.0]),
+              st.sampled_from([0.0, 1.0, 3.0])),
+    min_size=1, max_size=6, unique_by=lambda t: t[0],
+).map(lambda pts: [[x, [n, d]] for x, n, d in sorted(pts)])
+profile_strategy = st.fixed_dictionaries({
+    "geo_city": CITIES, "locale": LOCALES, "os": OSES,
+    "subsession_length": AMOUNTS, "bookmark_count": AMOUNTS, "tab_open_count": AMOUNTS,
+    "total_uri": AMOUNTS, "unique_tlds": AMOUNTS, "installed_addons": st.just([]),
+})
+
+
+@settings(max_examples=60, deadline=None)
+@given(donors=st.lists(donor_strategy, min_size=1, max_size=8), curves=curve_strategy, p=profile_strategy)
+def test_vectorised_path_matches_the_reference(donors, curves, p):
+    rec = SimilarityRecommender().fit(donors=donors, lr_curves=curves)
+    got = rec.recommend(p, 100)
+    expected = reference_scores(donors, curves, p)
+    assert dict(got) == pytest.approx(expected, rel=1e-9)
+    assert got == sorted(got, key=lambda t: (-t[1], t[0]))
