@@ -1,0 +1,131 @@
+"""Logging (SPEC §6.4): one stdout handler, dockerflow JSON, per-request context.
+
+* :func:`configure_logging` installs, once per process, a stdout handler with the
+  dockerflow ``MozlogFormatter`` on the root logger and gives it the
+  :class:`RequestContextFilter`; it sets the level of the ``taar*`` loggers.
+  Loggers themselves never get per-request filters.
+* The request context (request id, route, hashed client id or GUID, locale,
+  platform, seed) lives in a :class:`contextvars.ContextVar`, filled by the views
+  through :func:`bind` and copied onto every record by the filter.
+* :func:`init_app` adds the request hooks: open the context, and write one
+  ``request.summary`` record per request.
+
+Raw telemetry client ids are never logged: only validated (hashed or test) ids
+are bound, and paths of unmatched requests are redacted.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import uuid
+from contextvars import ContextVar
+
+import flask
+from dockerflow.logging import MozlogFormatter
+
+LOGGER_NAMES = ("taar", "taar_web", "request.summary")
+REQUEST_ID_HEADER = "X-Request-ID"
+_MAX_REQUEST_ID = 128
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
+
+_request_context: ContextVar[dict | None] = ContextVar("taar_request_context", default=None)
+_installed_handler: logging.Handler | None = None
+summary_logger = logging.getLogger("request.summary")
+
+
+class RequestContextFilter(logging.Filter):
+    """Copies the current request context onto each record (never overriding its own fields)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = _request_context.get()
+        if context:
+            for key, value in context.items():
+                if not hasattr(record, key):
+                    setattr(record, key, value)
+        return True
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """A stream handler that always writes to the *current* ``sys.stdout``.
+
+    Test runners swap ``sys.stdout``; binding the stream at emit time keeps the
+    handler valid for the life of the process.
+    """
+
+    def emit(self, record):
+        self.stream = sys.stdout
+        super().emit(record)
+
+
+def configure_logging(level: str = "INFO") -> logging.Handler:
+    """Install the JSON stdout handler once and set the ``taar*`` logger levels."""
+    global _installed_handler
+    if _installed_handler is None:
+        handler = _StdoutHandler(sys.stdout)
+        handler.setFormatter(MozlogFormatter(logger_name="taar"))
+        handler.addFilter(RequestContextFilter())
+        logging.getLogger().addHandler(handler)
+        _installed_handler = handler
+    for name in LOGGER_NAMES:
+        logging.getLogger(name).setLevel(level)
+    return _installed_handler
+
+
+def bind(**fields) -> None:
+    """Add fields to the current request's log context (no-op outside a request)."""
+    context = _request_context.get()
+    if context is not None:
+        context.update(fields)
+
+
+def current_context() -> dict:
+    """A copy of the current request's log context."""
+    return dict(_request_context.get() or {})
+
+
+def redact_path(path: str) -> str:
+    """The path with anything shaped like a raw client id (a UUID) replaced."""
+    return _UUID_RE.sub("<redacted>", path)[:512]
+
+
+def _request_id() -> str:
+    rid = flask.request.headers.get(REQUEST_ID_HEADER, "").strip()
+    return rid[:_MAX_REQUEST_ID] if rid else uuid.uuid4().hex
+
+
+def _open_context():
+    rule = flask.request.url_rule
+    context = {"rid": _request_id(), "route": rule.rule if rule is not None else None}
+    flask.g.taar_log_token = _request_context.set(context)
+    flask.g.taar_started = time.perf_counter()
+
+
+def _summarise(response):
+    started = flask.g.get("taar_started")
+    rule = flask.request.url_rule
+    summary_logger.info(
+        "",
+        extra={
+            "method": flask.request.method,
+            "path": rule.rule if rule is not None else redact_path(flask.request.path),
+            "status": response.status_code,
+            "t": round((time.perf_counter() - started) * 1000, 3) if started is not None else None,
+        },
+    )
+    return response
+
+
+def _close_context(exc):
+    token = flask.g.pop("taar_log_token", None)
+    if token is not None:
+        _request_context.reset(token)
+
+
+def init_app(app: flask.Flask) -> None:
+    """Register the request-context and summary hooks on ``app``."""
+    app.before_request(_open_context)
+    app.after_request(_summarise)
+    app.teardown_request(_close_context)

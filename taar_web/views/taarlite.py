@@ -1,0 +1,78 @@
+"""TAARlite: ``GET /taarlite/api/v1/addon_recommendations/<guid>/`` (SPEC §4.7).
+
+Answers are exactly ``TAARLITE_MAX_RESULTS`` GUIDs or none. They depend only on
+the loaded ``coinstall`` and ``ranking`` artifacts and the request's options, so
+the ETag is a digest of those two checksums plus mode, result count and explain
+flag, and a matching ``If-None-Match`` is answered 304 without computing anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import flask
+
+from .. import logging as request_log
+from .. import sentry, services
+from ..validation import parse_flag, parse_guid, parse_normalize
+
+logger = logging.getLogger(__name__)
+bp = flask.Blueprint("taarlite", __name__)
+
+
+def taarlite_etag(coinstall_sha: str | None, ranking_sha: str | None, mode: str, limit: int,
+                  explain: bool) -> str | None:
+    """The strong ETag of a TAARlite answer, or None when the TAARlite models are not loaded."""
+    if not coinstall_sha or not ranking_sha:
+        return None
+    seed = f"{coinstall_sha}:{ranking_sha}:{mode}:{limit}:{int(explain)}"
+    return hashlib.sha256(seed.encode()).hexdigest()[:32]
+
+
+def _recommend(engine, guid, mode, limit, metrics) -> list[tuple[str, float]]:
+    try:
+        recs = engine.guid_based.recommend(guid, mode=mode, limit=limit, metrics=metrics)
+    except Exception as exc:  # degrade to [] (SPEC §4.1), counted
+        metrics.incr("error_recommendation", tags=["route:taarlite"])
+        logger.exception("TAARlite recommendation failed")
+        sentry.capture(exc)
+        return []
+    return recs if len(recs) >= limit else []
+
+
+@bp.route("/taarlite/api/v1/addon_recommendations/<guid>/", methods=["GET"])
+def addon_recommendations(guid: str):
+    """Add-ons often installed together with ``guid``."""
+    svc = services.current()
+    limit = svc.settings.taarlite_max_results
+    guid = parse_guid(guid)
+    mode = parse_normalize(flask.request.args.get("normalize"))
+    explain = parse_flag(flask.request.args.get("explain"))
+    request_log.bind(guid=guid)
+
+    snapshot = svc.registry.snapshot
+    etag = taarlite_etag(snapshot.checksum("coinstall"), snapshot.checksum("ranking"), mode, limit, explain)
+    if etag is None:
+        # Models missing: an empty answer that no cache should keep.
+        response = flask.jsonify({"results": []})
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    cache_control = f"public, max-age={svc.settings.taarlite_cache_max_age}"
+    if flask.request.if_none_match.contains_weak(etag):
+        response = flask.Response(status=304)
+        response.set_etag(etag)
+        response.headers["Cache-Control"] = cache_control
+        return response
+
+    engine = snapshot.engine
+    recs = _recommend(engine, guid, mode, limit, svc.metrics)
+    logger.info("Addon related recommendations results",
+                extra={"mode": mode, "guids": [g for g, _ in recs]})
+    body = {"results": [g for g, _ in recs]}
+    if explain:
+        body["result_info"] = [{"guid": g, "weight": w, "installs": engine.guid_based.installs(g)} for g, w in recs]
+    response = flask.jsonify(body)
+    response.set_etag(etag)
+    response.headers["Cache-Control"] = cache_control
+    return response
