@@ -4,10 +4,17 @@ A job's ``--source`` is either ``bq`` (BigQuery through the spark-bigquery
 connector, production) or a local Parquet root laid out as SPEC §7.3. Either way
 the reader selects only the requested columns and filters on the
 ``submission_date`` partition range before anything else is read.
+
+The helpers below are shared by every Spark job so they select and sample the
+same way: :func:`job_session` (reuse an active session, stop only one it made),
+:func:`xxhash_order` (seeded ordering key instead of ``rand()``),
+:func:`sample_clients`, :func:`latest_row_per_client` and
+:func:`read_input_artifact` (dated input artifacts of the same DAG run).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -21,6 +28,10 @@ BQ_TABLES = {
     "addons": "moz-fx-data-shared-prod.telemetry.addons",
     "deletion_request": "moz-fx-data-shared-prod.telemetry.deletion_request",
 }
+
+
+#: Client sampling compares ``xxhash64 mod SAMPLE_BUCKETS`` with ``rate * SAMPLE_BUCKETS`` (SPEC §8.5).
+SAMPLE_BUCKETS = 1_000_000
 
 
 class SourceError(RuntimeError):
@@ -54,11 +65,13 @@ def build_spark_session(app_name, master=None, shuffle_partitions=None, checkpoi
     return session
 
 
-def read_table(spark, source, table, columns, start, end, date_column="submission_date", bq_tables=None):
+def read_table(spark, source, table, columns, start, end, date_column="submission_date", bq_tables=None,
+               materialization_dataset=None):
     """Read ``columns`` of ``table`` for the dates ``[start, end]`` (inclusive).
 
     ``source`` is ``"bq"`` or a Parquet root. Raises :class:`SourceError` when the
-    local table has no partition in the range.
+    local table has no partition in the range. ``materialization_dataset`` is the
+    BigQuery dataset the connector materialises views into (``bq`` only).
     """
     from pyspark.sql import functions as F
 
@@ -69,13 +82,15 @@ def read_table(spark, source, table, columns, start, end, date_column="submissio
     if source == "bq":
         name = (bq_tables or BQ_TABLES)[table]
         bq_date = "DATE(submission_timestamp)" if table == "deletion_request" else date_column
-        df = (
+        reader = (
             spark.read.format("bigquery")
             .option("table", name)
             .option("viewsEnabled", "true")
             .option("filter", f"{bq_date} >= '{start}' AND {bq_date} <= '{end}'")
-            .load()
         )
+        if materialization_dataset:
+            reader = reader.option("materializationDataset", materialization_dataset)
+        df = reader.load()
         if table == "deletion_request":
             df = df.withColumn(date_column, F.to_date("submission_timestamp"))
         return df.select(*columns)
@@ -85,3 +100,109 @@ def read_table(spark, source, table, columns, start, end, date_column="submissio
     df = spark.read.option("basePath", path).parquet(path)
     df = df.where((F.col(date_column) >= F.lit(start).cast("date")) & (F.col(date_column) <= F.lit(end).cast("date")))
     return df.select(*columns)
+
+
+# --------------------------------------------------------------------------- helpers shared by the jobs
+
+
+@contextlib.contextmanager
+def job_session(app_name, master=None, shuffle_partitions=None, checkpoint_dir=None):
+    """Yield the SparkSession a job runs in; stop it on exit only if this call created it.
+
+    When a session is already active (a test run's shared session, a notebook) it is
+    reused: ``shuffle_partitions`` is applied for the duration of the job and then
+    restored, and the session is left running for its owner.
+    """
+    from pyspark.sql import SparkSession
+
+    existing = SparkSession.getActiveSession()
+    if existing is None:
+        session = build_spark_session(app_name, master, shuffle_partitions, checkpoint_dir)
+        try:
+            yield session
+        finally:
+            session.stop()
+        return
+    key = "spark.sql.shuffle.partitions"
+    previous = existing.conf.get(key)
+    if shuffle_partitions:
+        existing.conf.set(key, str(shuffle_partitions))
+    if checkpoint_dir:
+        existing.sparkContext.setCheckpointDir(checkpoint_dir)
+    try:
+        yield existing
+    finally:
+        existing.conf.set(key, previous)
+
+
+def xxhash_order(seed, *cols):
+    """``xxhash64(seed, key...)``: the seeded, partitioning-independent ordering key (SPEC §8.0).
+
+    The seed is hashed first as a 64-bit integer, then each key column in turn
+    (Spark's ``xxhash64`` chains each value's hash into the next as its seed).
+    Sort by it, ties broken by the keys, instead of ever calling ``rand()``.
+    """
+    from pyspark.sql import functions as F
+
+    return F.xxhash64(F.lit(int(seed)).cast("long"), *cols)
+
+
+def sample_clients(df, rate, seed, column="client_id"):
+    """Keep the rows whose ``xxhash64(seed, client_id) mod 10^6 < rate * 10^6`` (SPEC §8.5).
+
+    The same client is kept or dropped whatever the partitioning; ``rate >= 1``
+    keeps every row without hashing.
+    """
+    from pyspark.sql import functions as F
+
+    if not 0 < rate <= 1:
+        raise ValueError(f"sample rate must be in (0, 1], got {rate!r}")
+    if rate >= 1:
+        return df
+    threshold = int(round(rate * SAMPLE_BUCKETS))
+    return df.where(F.pmod(xxhash_order(seed, F.col(column)), F.lit(SAMPLE_BUCKETS)) < F.lit(threshold))
+
+
+
+def latest_row_per_client(df, date_column="submission_date", client_column="client_id"):
+    """Each client's row with the greatest ``date_column``.
+
+    Two rows of one client on the same date (should not happen in ``clients_daily``)
+    are ordered by a hash of the whole row, so the choice never depends on input
+    order or partitioning.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    others = [c for c in df.columns if c not in (client_column, date_column)]
+    order = [F.col(date_column).desc()]
+    if others:
+        order.append(F.xxhash64(*others).desc())
+    w = Window.partitionBy(client_column).orderBy(*order)
+    return df.withColumn("_latest_rank", F.row_number().over(w)).where("_latest_rank = 1").drop("_latest_rank")
+
+
+def read_input_artifact(store, key, date, allow_latest=False):
+    """Read an input artifact produced earlier in the same DAG run (SPEC §8.0).
+
+    The dated copy for ``date`` is required; only with ``allow_latest`` does a
+    missing dated copy fall back (with a warning) to the latest object. The object
+    goes through the service-side normalisation (legacy shapes repaired, structure
+    checked), so an unusable input raises :class:`taar.artifacts.ArtifactError`.
+    Raises :class:`taar_etl.cli.JobFailed` naming the object when it is absent.
+    """
+    from taar.artifacts import normalise
+    from taar.storage import ArtifactNotFound, read_artifact
+    from taar_etl.cli import JobFailed
+
+    try:
+        obj, descriptor = read_artifact(store, key, date=date)
+    except ArtifactNotFound as exc:
+        if not allow_latest:
+            raise JobFailed(f"input {key!r} for {date:%Y-%m-%d} is missing ({exc}); "
+                            "pass --allow-latest-inputs to use the latest copy") from exc
+        obj, descriptor = read_artifact(store, key)
+        logger.warning("input %s: no dated copy for %s, using the latest object (version %s)",
+                       key, date, descriptor.version)
+    logger.info("input %s version %s (%s, %d bytes)", key, descriptor.version, descriptor.uri, descriptor.size)
+    return normalise(key, obj), descriptor

@@ -1,0 +1,141 @@
+"""taar_etl.spark_io: Parquet reading, seeded ordering/sampling, latest rows, job sessions, dated inputs."""
+
+import datetime as dt
+import struct
+
+import pytest
+import xxhash
+
+from taar.storage import open_model_store, producer_tag, publish
+from taar_etl.cli import JobFailed
+from taar_etl.spark_io import (
+    SourceError,
+    job_session,
+    latest_row_per_client,
+    read_input_artifact,
+    read_table,
+    sample_clients,
+    xxhash_order,
+)
+from tests.spark.parquet_builders import addon, client_row, write_tables
+
+pytestmark = pytest.mark.spark
+
+D = dt.date(2026, 3, 4)
+
+
+def _signed(u: int) -> int:
+    return u - (1 << 64) if u >= 1 << 63 else u
+
+
+def py_xxhash(seed: int, *keys: str) -> int:
+    """Independent transcription of Spark's ``xxhash64(seed_long, key...)``: XXH64 with Spark's
+    default seed 42 over the seed's 8 little-endian bytes, then each key's UTF-8 bytes with the
+    previous hash as seed."""
+    h = xxhash.xxh64_intdigest(struct.pack("<q", seed), seed=42)
+    for k in keys:
+        h = xxhash.xxh64_intdigest(k.encode("utf-8"), seed=h)
+    return _signed(h)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    rows = [
+        client_row("c1", "2026-03-02", locale="de"),
+        client_row("c1", "2026-03-04", locale="fr", active_addons=[addon("a@x")]),
+        client_row("c2", "2026-03-03", locale="it"),
+        client_row("c3", "2026-03-01", locale="es"),  # outside [03-02, 03-04]
+    ]
+    return write_tables(tmp_path_factory.mktemp("telemetry"), clients_daily=rows)
+
+
+def test_read_table_selects_columns_and_date_range(spark, root):
+    df = read_table(spark, root, "clients_daily", ["client_id", "locale", "submission_date"],
+                    dt.date(2026, 3, 2), D)
+    assert df.columns == ["client_id", "locale", "submission_date"]
+    got = sorted((r.client_id, r.locale, r.submission_date) for r in df.collect())
+    assert got == [("c1", "de", dt.date(2026, 3, 2)), ("c1", "fr", D), ("c2", "it", dt.date(2026, 3, 3))]
+
+
+def test_read_table_keeps_the_addon_struct_schema(spark, root):
+    df = read_table(spark, root, "clients_daily", ["client_id", "active_addons"], D, D)
+    [row] = df.collect()
+    assert row.active_addons[0].addon_id == "a@x" and row.active_addons[0].signed_state == 2
+    assert df.schema["active_addons"].dataType.elementType.fieldNames()[0] == "addon_id"
+
+
+def test_read_table_missing_table_is_a_source_error(spark, root):
+    with pytest.raises(SourceError, match="clients_last_seen"):
+        read_table(spark, root, "clients_last_seen", ["client_id"], D, D)
+
+
+def test_xxhash_order_matches_an_independent_xxh64(spark):
+    df = spark.createDataFrame([("c1", "a@x"), ("c2", "b@x"), ("ü-client", "{1234}")], ["client_id", "addon_id"])
+    got = {(r.client_id, r.addon_id): r.h
+           for r in df.select("client_id", "addon_id", xxhash_order(7, "client_id", "addon_id").alias("h")).collect()}
+    assert got == {k: py_xxhash(7, *k) for k in got}
+
+
+def test_sample_clients_keeps_hash_buckets_below_the_rate(spark):
+    ids = [f"client-{i}" for i in range(40)]
+    df = spark.createDataFrame([(c,) for c in ids], ["client_id"])
+    kept = {r.client_id for r in sample_clients(df, 0.25, seed=3).collect()}
+    # rate 0.25 -> keep pmod(h, 10^6) < 250000, computed independently
+    expected = {c for c in ids if py_xxhash(3, c) % 1_000_000 < 250_000}
+    assert kept == expected
+    assert 0 < len(kept) < 40
+    assert sample_clients(df, 1.0, seed=3).count() == 40
+
+
+@pytest.mark.parametrize("rate", [0, -0.1, 1.5])
+def test_sample_clients_rejects_rates_outside_0_1(spark, rate):
+    df = spark.createDataFrame([("c",)], ["client_id"])
+    with pytest.raises(ValueError, match="sample rate"):
+        sample_clients(df, rate, seed=1)
+
+
+def test_latest_row_per_client_takes_the_newest_date(spark, root):
+    df = read_table(spark, root, "clients_daily", ["client_id", "locale", "submission_date"],
+                    dt.date(2026, 3, 1), D)
+    got = sorted((r.client_id, r.locale) for r in latest_row_per_client(df).collect())
+    assert got == [("c1", "fr"), ("c2", "it"), ("c3", "es")]
+
+
+def test_latest_row_per_client_same_date_tie_does_not_depend_on_partitioning(spark):
+    rows = [("c1", dt.date(2026, 3, 4), loc) for loc in ("de", "fr", "it", "es", "pl", "nl")]
+    df = spark.createDataFrame(rows, ["client_id", "submission_date", "locale"])
+    picks = {latest_row_per_client(df.repartition(n)).collect()[0].locale for n in (1, 3, 6)}
+    picks |= {latest_row_per_client(spark.createDataFrame(rows[::-1], df.schema)).collect()[0].locale}
+    assert len(picks) == 1
+
+
+def test_job_session_reuses_the_active_session_and_restores_its_settings(spark):
+    before = spark.conf.get("spark.sql.shuffle.partitions")
+    with job_session("x", master="local[2]", shuffle_partitions=1) as session:
+        assert session is spark
+        assert session.conf.get("spark.sql.shuffle.partitions") == "1"
+    assert spark.conf.get("spark.sql.shuffle.partitions") == before
+    assert spark.range(3).count() == 3  # still running
+
+
+@pytest.fixture()
+def store(tmp_path):
+    s = open_model_store(str(tmp_path / "models"))
+    publish(s, "whitelist", ["a@x", "b@x"], dt.date(2026, 3, 3), producer_tag("test"))
+    return s
+
+
+def test_read_input_artifact_reads_the_dated_copy(store):
+    publish(store, "whitelist", ["c@x"], D, producer_tag("test"))
+    obj, descriptor = read_input_artifact(store, "whitelist", D)
+    assert obj == ["c@x"] and descriptor.version == "20260304"
+
+
+def test_read_input_artifact_missing_dated_copy_fails_naming_it(store):
+    with pytest.raises(JobFailed, match="whitelist.*2026-03-04.*--allow-latest-inputs"):
+        read_input_artifact(store, "whitelist", D)
+
+
+def test_read_input_artifact_falls_back_to_latest_only_when_allowed(store):
+    obj, descriptor = read_input_artifact(store, "whitelist", D, allow_latest=True)
+    assert obj == ["a@x", "b@x"] and descriptor.version == "20260303"
