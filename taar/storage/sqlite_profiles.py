@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 #: SQLite virtual-machine instructions between two deadline checks during a read.
 PROGRESS_STEPS = 1000
+#: How long a write waits for another writer's lock before failing.
+WRITE_BUSY_TIMEOUT_S = 30.0
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS profiles ("
@@ -81,18 +83,32 @@ class SQLiteProfileStore:
     # ------------------------------------------------------------------ connections
 
     def _connection(self) -> sqlite3.Connection:
-        """This thread's connection, opened on first use (and again after a fork)."""
+        """This thread's connection, opened on first use (and again after a fork).
+
+        Opening does not touch the database file, so it cannot wait for a lock
+        outside the read deadline; WAL mode is persistent in the file and is set
+        by the writers (:meth:`_writer`).
+        """
         if self._pid != os.getpid():
             self._local = threading.local()
             self._pid = os.getpid()
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            # isolation_level=None: autocommit; put_many opens its own transactions.
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            # isolation_level=None: autocommit; writers open their own transactions.
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=WRITE_BUSY_TIMEOUT_S)
             self._local.conn = conn
-            self._local.busy_ms = 30_000
+            self._local.busy_ms = int(WRITE_BUSY_TIMEOUT_S * 1000)
+            self._local.wal = False
+        return conn
+
+    def _writer(self) -> sqlite3.Connection:
+        """This thread's connection, in WAL mode, waiting up to a writer's busy timeout."""
+        conn = self._connection()
+        self._set_busy_timeout(conn, int(WRITE_BUSY_TIMEOUT_S * 1000))
+        if not self._local.wal:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; the loader rewrites anyway
+            self._local.wal = True
         return conn
 
     def _set_busy_timeout(self, conn: sqlite3.Connection, busy_ms: int) -> None:
@@ -144,14 +160,12 @@ class SQLiteProfileStore:
 
     def ensure_table(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = self._connection()
-        self._set_busy_timeout(conn, 30_000)
+        conn = self._writer()
         for statement in _SCHEMA:
             conn.execute(statement)
 
     def _run_batches(self, sql: str, rows: Iterable[tuple]) -> int:
-        conn = self._connection()
-        self._set_busy_timeout(conn, 30_000)
+        conn = self._writer()
         count = 0
         for batch in _batches(rows, self.batch_size):
             conn.execute("BEGIN IMMEDIATE")
@@ -177,8 +191,7 @@ class SQLiteProfileStore:
 
     def gc(self, older_than_ts_ms: int) -> int:
         """Delete rows stamped before ``older_than_ts_ms``: the 90-day GC rule of SPEC §3.1."""
-        conn = self._connection()
-        self._set_busy_timeout(conn, 30_000)
+        conn = self._writer()
         deleted = conn.execute("DELETE FROM profiles WHERE ts < ?", (int(older_than_ts_ms),)).rowcount
         logger.info(
             "garbage-collected %d profiles older than ts %d from %s", deleted, older_than_ts_ms, self.uri
