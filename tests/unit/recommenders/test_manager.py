@@ -1,0 +1,187 @@
+"""RecommendationManager (SPEC §5.7): test ids, unknown clients, pool size, selection, seeds."""
+
+import hashlib
+import math
+import pickle
+from collections import Counter
+from functools import partial
+from types import SimpleNamespace
+
+import pytest
+
+from taar.recommenders import Recommendation, RecommendationManager, build_engine
+
+from . import toy
+from .toy import RecordingMetrics
+
+pytestmark = pytest.mark.unit
+
+CLIENT = "ab" * 32
+
+
+class StubEnsemble:
+    def __init__(self, pairs):
+        self.pairs = pairs
+        self.limits = []
+
+    def recommend_explained(self, profile, limit, extra=None, metrics=None):
+        self.limits.append(limit)
+        return self.pairs[:limit], {g: {"collaborative": w} for g, w in self.pairs[:limit]}
+
+
+class DictFetcher:
+    def __init__(self, profiles):
+        self.profiles = profiles
+        self.calls = []
+
+    def get(self, hashed_id):
+        self.calls.append(hashed_id)
+        return self.profiles.get(hashed_id)
+
+
+class ExplodingFetcher:
+    def get(self, hashed_id):
+        raise AssertionError("the profile store must not be touched")
+
+
+def stub_engine(pairs, whitelist=None):
+    return SimpleNamespace(ensemble=StubEnsemble(pairs), whitelist=whitelist, model_versions={},
+                           test_candidates=tuple((g, expected_test_weight(g)) for g in whitelist or ()))
+
+
+def expected_test_weight(guid):
+    # SPEC §2.9, written out independently of taar.hashing
+    return (int(hashlib.sha256(guid.encode()).hexdigest(), 16) % 100) / 100
+
+
+POOL = [("g1", 5.0), ("g2", 4.0), ("g3", 3.0), ("g4", 3.0), ("g5", 1.0)]
+
+
+def manager(pairs=POOL, whitelist=None, **kwargs):
+    fetcher = DictFetcher({CLIENT: toy.profile()})
+    return RecommendationManager(stub_engine(pairs, whitelist), fetcher, **kwargs), fetcher
+
+
+def test_randomize_false_is_plain_top_n():
+    m, _ = manager(randomize=False)
+    rec = m.recommend(CLIENT, 3, seed=1)
+    assert rec.results == [("g1", 5.0), ("g2", 4.0), ("g3", 3.0)]
+    assert rec.sources == {"g1": {"collaborative": 5.0}, "g2": {"collaborative": 4.0},
+                           "g3": {"collaborative": 3.0}}
+    assert (rec.seed, rec.is_test, rec.unknown_client) == (1, False, False)
+
+
+def test_unknown_client_gets_nothing():
+    m, fetcher = manager()
+    rec = m.recommend("cd" * 32, 3, seed=5)
+    assert rec == Recommendation([], {}, 5, False, True)
+    assert fetcher.calls == ["cd" * 32]
+
+
+def test_test_ids_use_whitelist_test_weights_without_a_profile_lookup():
+    whitelist = ("w1@x", "w2@x", "w3@x", "w4@x")
+    engine = stub_engine([], whitelist)
+    m = RecommendationManager(engine, ExplodingFetcher(), randomize=False)
+    metrics = RecordingMetrics()
+    rec = m.recommend("1111-1111", 2, metrics=metrics)
+    expected = sorted(((g, expected_test_weight(g)) for g in whitelist), key=lambda t: (-t[1], t[0]))[:2]
+    assert rec.results == expected
+    assert rec.sources == {g: {"test": w} for g, w in expected}
+    assert rec.is_test and not rec.unknown_client
+    assert metrics.counters == {"test_client": 1}
+
+
+def test_test_id_without_a_whitelist_is_empty():
+    m = RecommendationManager(stub_engine([], None), ExplodingFetcher())
+    assert m.recommend("aaaa", 4).results == []
+
+
+def test_test_ids_on_a_real_engine():
+    engine = build_engine(toy.models())
+    m = RecommendationManager(engine, ExplodingFetcher(), randomize=False)
+    got = m.recommend("0000", 100).results
+    assert sorted(g for g, _ in got) == sorted(toy.WHITELIST)
+    assert all(w == expected_test_weight(g) for g, w in got)
+
+
+@pytest.mark.parametrize("pool, whitelist, limit, expected", [
+    (7, ("a", "b"), 3, 7),   # TAAR_CANDIDATE_POOL wins
+    (0, ("a", "b"), 3, 2),   # len(whitelist)
+    (0, None, 3, 30),        # 10 × limit
+])
+def test_pool_size(pool, whitelist, limit, expected):
+    m, _ = manager(whitelist=whitelist, candidate_pool=pool)
+    m.recommend(CLIENT, limit, seed=1)
+    assert m.engine.ensemble.limits == [expected]
+
+
+def test_non_finite_candidates_are_dropped():
+    m, _ = manager(pairs=[("inf", math.inf), ("nan", math.nan), ("ok", 1.0), ("ninf", -math.inf)])
+    for randomize in (True, False):
+        m.randomize = randomize
+        assert m.recommend(CLIENT, 4, seed=9).results == [("ok", 1.0)]
+
+
+def test_randomized_selection_is_reproducible_for_a_seed():
+    m, _ = manager()
+    first = [m.recommend(CLIENT, 3, seed=s).results for s in range(20)]
+    again = [m.recommend(CLIENT, 3, seed=s).results for s in range(20)]
+    assert first == again
+    assert len({tuple(r) for r in first}) > 1  # different seeds do give different selections
+    for r in first:
+        assert len(r) == 3
+        assert r == sorted(r, key=lambda t: (-t[1], t[0]))
+
+
+def test_heavy_candidates_are_chosen_far_more_often():
+    # weights 10, 1, 1, 1, 0 -> shifted 10, 1, 1, 1, eps -> P(first pick = heavy) = 10/13
+    m, _ = manager(pairs=[("heavy", 10.0), ("l1", 1.0), ("l2", 1.0), ("l3", 1.0), ("min", 0.0)])
+    picks = Counter(m.recommend(CLIENT, 1, seed=s).results[0][0] for s in range(2000))
+    # expected ≈ 1538 heavy, ≈ 154 each light, ~0 for the minimum (p ≈ 1.7e-17)
+    assert picks["heavy"] > 1300
+    assert all(100 < picks[g] < 220 for g in ("l1", "l2", "l3"))
+    assert picks["min"] == 0
+
+
+def test_fresh_seed_is_63_bit_and_replays():
+    m, _ = manager()
+    rec = m.recommend(CLIENT, 2)
+    assert 0 <= rec.seed < 2**63
+    assert m.recommend(CLIENT, 2, seed=rec.seed).results == rec.results
+
+
+def test_metrics_timer_for_profile_recommendation():
+    m, _ = manager()
+    metrics = RecordingMetrics()
+    m.recommend(CLIENT, 2, seed=1, metrics=metrics)
+    assert "profile_recommendation" in metrics.timings
+
+
+def test_bad_arguments():
+    m, _ = manager()
+    with pytest.raises(ValueError, match="limit"):
+        m.recommend(CLIENT, -1)
+    with pytest.raises(ValueError, match="candidate_pool"):
+        RecommendationManager(m.engine, None, candidate_pool=-3)
+
+
+def make_fetcher(profiles):
+    return DictFetcher(profiles)
+
+
+def test_pickling_drops_the_fetcher_and_the_factory_recreates_it():
+    factory = partial(make_fetcher, {CLIENT: toy.profile()})
+    m = RecommendationManager(stub_engine(POOL), factory(), profile_fetcher_factory=factory)
+    before = m.recommend(CLIENT, 3, seed=11)
+    copy = pickle.loads(pickle.dumps(m))
+    assert copy.profile_fetcher is None
+    assert copy.recommend(CLIENT, 3, seed=11) == before
+    assert copy.profile_fetcher is not None
+
+
+def test_unpickled_manager_without_a_factory_still_answers_test_ids():
+    m = RecommendationManager(stub_engine([], ("w1@x",)), DictFetcher({}))
+    copy = pickle.loads(pickle.dumps(m))
+    assert copy.recommend("aaa", 1, seed=1).results == [("w1@x", expected_test_weight("w1@x"))]
+    with pytest.raises(RuntimeError, match="profile fetcher"):
+        copy.recommend(CLIENT, 1)
