@@ -47,7 +47,7 @@ from taar_etl.synthetic_clients import GROUND_TRUTH_SCHEMA, TABLE_SCHEMAS, gener
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Params", "TABLE_SCHEMAS", "generate", "main", "read_table"]
+__all__ = ["Params", "TABLE_SCHEMAS", "catalogue_for", "generate", "main", "read_table"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,12 +180,18 @@ def _write_atomic(path: Path, text: str):
     os.replace(tmp, path)
 
 
+def catalogue_for(params: Params):
+    """Rebuild the catalogue (and latent structure) of a run from its parameters alone."""
+    stream = np.random.SeedSequence(params.seed).spawn(1)[0]  # child 0, whatever the number of chunks
+    return build_catalogue(params, np.random.Generator(np.random.PCG64(stream)))
+
+
 def generate(params: Params, out, amo_out, workers: int = 1) -> dict:
     """Generate everything; return the manifest. Reruns replace the previous output tables."""
     out, amo_out = Path(out), Path(amo_out)
     t0 = time.monotonic()
     seeds = np.random.SeedSequence(params.seed).spawn(1 + params.n_chunks)
-    catalogue = build_catalogue(params, np.random.Generator(np.random.PCG64(seeds[0])))
+    catalogue = catalogue_for(params)
     logger.info("catalogue: %d add-ons, %d curated", catalogue.n_addons, len(catalogue.curated))
     catalogue_doc, editorial_doc = amo_documents(catalogue, params.end_date)
     _write_atomic(amo_out / "catalogue.json", json.dumps(catalogue_doc, ensure_ascii=False, sort_keys=True))

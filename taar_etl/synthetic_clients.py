@@ -279,11 +279,14 @@ def generate_chunk(cat: Catalogue, params, first: int, n: int, rng) -> ChunkTabl
     channel[odd] = np.array(["beta", "nightly", "esr"], dtype=object)[rng.integers(0, 3, int(odd.sum()))]
     null_client = rng.random((3, n)) < params.null_feature_rate  # locale, city, os
 
-    # Active days: with-replacement draws made unique; rows sorted by (client, day).
+    # Active days: with-replacement draws made unique. ``key`` is client-major; rows are day-major.
     n_active = np.minimum(1 + rng.poisson(max(params.active_days_mean - 1.0, 0.0), n), params.days)
     who = np.repeat(np.arange(n), n_active)
     key = np.unique(who * params.days + rng.integers(0, params.days, len(who)))
-    row_client, row_off = key // params.days, key % params.days
+    by_day = np.lexsort((key // params.days, key % params.days))
+    row_client, row_off = key[by_day] // params.days, key[by_day] % params.days
+    row_of_key = np.empty_like(by_day)
+    row_of_key[by_day] = np.arange(len(by_day))
     last_off = np.zeros(n, np.int64)
     np.maximum.at(last_off, row_client, row_off)
     first_off = np.full(n, params.days, np.int64)
@@ -338,25 +341,23 @@ def generate_chunk(cat: Catalogue, params, first: int, n: int, rng) -> ChunkTabl
 
     dates = [start + dt.timedelta(days=i) for i in range(params.days)]
     tables = {name: {} for name in TABLE_SCHEMAS}
-    by_day = np.lexsort((row_client, row_off))
-    bounds = np.searchsorted(row_off[by_day], np.arange(params.days + 1))
-    daily_by_day = daily.take(pa.array(by_day))
+    bounds = np.searchsorted(row_off, np.arange(params.days + 1))
     first_addons_off = params.days - params.addons_days
     for off in range(params.days):
         if bounds[off] < bounds[off + 1]:
-            part = daily_by_day.slice(bounds[off], bounds[off + 1] - bounds[off])
+            part = daily.slice(bounds[off], bounds[off + 1] - bounds[off])
             tables["clients_daily"][dates[off]] = part
             if off >= first_addons_off:
                 tables["addons"][dates[off]] = _addons_rows(part)
     for when in params.last_seen_dates:
         l_off = (when - start).days
         cand = np.searchsorted(key, np.arange(n) * params.days + l_off, side="right") - 1
-        valid = (cand >= 0) & (row_client[np.maximum(cand, 0)] == np.arange(n))
+        valid = (cand >= 0) & (key[np.maximum(cand, 0)] // params.days == np.arange(n))
         cand = cand[valid]
-        since = l_off - row_off[cand]
+        since = l_off - key[cand] % params.days
         cand, since = cand[since < LAST_SEEN_DAYS], since[since < LAST_SEEN_DAYS]
         if len(cand):
-            seen = daily.take(pa.array(cand)).append_column("days_since_seen", pa.array(since, pa.int64()))
+            seen = daily.take(pa.array(row_of_key[cand])).append_column("days_since_seen", pa.array(since, pa.int64()))
             tables["clients_last_seen"][when] = seen
     dels = np.flatnonzero(deleted)
     del_order = dels[np.lexsort((dels, del_off[dels]))]
