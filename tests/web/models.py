@@ -39,6 +39,8 @@ KNOWN = hash_client_id("known-client")
 KNOWN_DE = hash_client_id("german-client")
 UNKNOWN = hash_client_id("nobody")
 BROKEN = hash_client_id("undecodable-client")
+#: QA may store a profile under a test id; client_has_addon looks it up like any key.
+QA_TEST_ID = "7777-7777"
 
 
 def _models() -> dict:
@@ -89,9 +91,10 @@ def _payload(client_id, locale, installed, system=()):
 
 
 def profile_rows() -> list[tuple[str, bytes]]:
-    """The stored profiles: a known en-US client, a German one, and one undecodable row."""
+    """The stored profiles: a known en-US client, a German one, an undecodable row, a QA test id."""
     return [
         (KNOWN, encode_payload(_payload(KNOWN, "en-US", ["a@x"], system=["sys@mozilla.org"]))),
         (KNOWN_DE, encode_payload(_payload(KNOWN_DE, "", ["z@x"]))),
         (BROKEN, b"not zlib at all"),
+        (QA_TEST_ID, encode_payload(_payload(QA_TEST_ID, "fr", ["q@x"]))),
     ]
