@@ -11,7 +11,8 @@ import pytest
 
 from taar.hashing import hash_client_id
 from taar.profile import decode_payload, encode_payload
-from taar.storage import ProfileTimeout, open_profile_store
+from taar.storage import ProfileTimeout, ProfileWriteError, open_profile_store
+from taar.storage.bigtable_profiles import gc_rule
 from tests.fixtures.emulators import BigtableEmulator
 
 pytestmark = pytest.mark.integration
@@ -109,6 +110,30 @@ def test_store_used_before_a_fork_works_in_the_child(store):
     finally:
         child.join(timeout=30)
     assert child.exitcode == 0
+
+
+# --------------------------------------------------------------------------- Bigtable only
+
+
+@pytest.mark.filterwarnings("ignore:Connecting to Bigtable emulator")
+def test_bigtable_table_has_the_profile_family_and_gc_rule(bigtable_profile_uri):
+    from google.cloud import bigtable
+
+    store = open_profile_store(bigtable_profile_uri)
+    store.ensure_table()
+    families = bigtable.Client(project=store.project, admin=True).instance(store.instance).table(store.table)
+    rule = families.list_column_families()["profile"].gc_rule.to_pb()
+    # union(max age 90 days = 90 * 86 400 s = 7 776 000 s, max 1 version)
+    assert rule.union.rules[0].max_age.total_seconds() == 7_776_000
+    assert rule.union.rules[1].max_num_versions == 1
+    assert families.list_column_families()["profile"].gc_rule == gc_rule()
+
+
+def test_bigtable_failed_rows_raise_profile_write_error(bigtable_profile_uri):
+    store = open_profile_store(bigtable_profile_uri)  # table never created: every row fails
+    with pytest.raises(ProfileWriteError, match="2 of 2") as excinfo:
+        store.put_many([(key(1), payload(1)), (key(2), payload(2))], TS_1)
+    assert (excinfo.value.failed, excinfo.value.total) == (2, 2)
 
 
 # --------------------------------------------------------------------------- deadlines
