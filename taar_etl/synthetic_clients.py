@@ -197,46 +197,61 @@ def _install_days(rng, cat, params, client, addon, first_day, last_day):
     return client[order], addon[order], day[order]
 
 
-def _entries(rng, cat, params, client, addon, install_day, last_day, pa_cat):
-    """The ADDON struct array of every (client, add-on) entry."""
+def _entries(rng, cat, params, client, addon, install_day, last_day):
+    """Per-entry attributes of every (client, add-on) entry, as numpy arrays.
+
+    ``update_day`` is the last update by the client's last active day; a row of an
+    earlier day shows it capped at that day (see :func:`_row_structs`).
+    """
     n = len(client)
     system = cat.is_system[addon]
-    update_day = install_day + np.floor(rng.random(n) * (last_day[client] - install_day + 1)).astype(np.int64)
-    version_day = cat.version_created_s // DAY_S
-    owner = np.repeat(np.arange(cat.n_addons), np.diff(cat.version_offsets))
-    vkey = owner * _BIG + version_day
-    pos = np.searchsorted(vkey, addon * _BIG + update_day, side="right") - 1
-    pos = np.maximum(pos, cat.version_offsets[addon])
-    r = rng.random((5, n))
-    user_disabled = ~system & (r[0] < params.user_disabled_rate)
-    app_disabled = r[1] < params.app_disabled_rate
+    r = rng.random((6, n))
     foreign = ~system & (r[2] < params.foreign_install_rate)
-    signed = np.where(system, 3, np.where(r[3] < params.unsigned_rate, 0, 2))
-    signed_null = ~system & (r[4] < params.signed_null_rate)
-    scope = np.where(system, 8, np.where(foreign, 2, 1))
-    is_webext = cat.is_webext[addon]
+    return {
+        "addon": addon,
+        "install_day": install_day,
+        "update_day": install_day + np.floor(r[5] * (last_day[client] - install_day + 1)).astype(np.int64),
+        "user_disabled": ~system & (r[0] < params.user_disabled_rate),
+        "app_disabled": r[1] < params.app_disabled_rate,
+        "foreign_install": foreign,
+        "signed_state": np.where(system, 3, np.where(r[3] < params.unsigned_rate, 0, 2)),
+        "signed_null": ~system & (r[4] < params.signed_null_rate),
+        "scope": np.where(system, 8, np.where(foreign, 2, 1)),
+    }
+
+
+def _row_structs(cat, entry, take, row_day, pa_cat):
+    """The ADDON structs of entries ``take`` shown on rows of day ``row_day`` (one per taken entry)."""
+    addon = entry["addon"][take]
+    update_day = np.minimum(entry["update_day"][take], row_day)
+    # The version installed then: the newest one created by the update day (else the first).
+    owner = np.repeat(np.arange(cat.n_addons), np.diff(cat.version_offsets))
+    version_key = owner * _BIG + cat.version_created_s // DAY_S
+    pos = np.searchsorted(version_key, addon * _BIG + update_day, side="right") - 1
+    pos = np.maximum(pos, cat.version_offsets[addon])
     idx = pa.array(addon)
+    is_webext = pa.array(cat.is_webext[addon])
     return pa.StructArray.from_arrays(
         [
             pa_cat["guids"].take(idx),
             pa.array(cat.blocklisted[addon]),
             pa_cat["names"].take(idx),
-            pa.array(user_disabled),
-            pa.array(app_disabled),
+            pa.array(entry["user_disabled"][take]),
+            pa.array(entry["app_disabled"][take]),
             pa_cat["versions"].take(pa.array(pos)),
-            pa.array(scope, pa.int64()),
+            pa.array(entry["scope"][take], pa.int64()),
             pa_cat["types"].take(idx),
-            pa.array(foreign),
-            pa.array(np.zeros(n, bool)),
-            pa.array(install_day, pa.int64()),
+            pa.array(entry["foreign_install"][take]),
+            pa.array(np.zeros(len(take), bool)),
+            pa.array(entry["install_day"][take], pa.int64()),
             pa.array(update_day, pa.int64()),
-            pa.array(signed, pa.int64(), mask=signed_null),
-            pa.array(system),
-            pa.array(is_webext),
-            pa.array(is_webext),
+            pa.array(entry["signed_state"][take], pa.int64(), mask=entry["signed_null"][take]),
+            pa.array(cat.is_system[addon]),
+            is_webext,
+            is_webext,
         ],
         fields=list(ADDON),
-    ), (user_disabled, app_disabled, foreign, signed, signed_null)
+    )
 
 
 def _arrow_catalogue(cat):
@@ -301,7 +316,7 @@ def generate_chunk(cat: Catalogue, params, first: int, n: int, rng) -> ChunkTabl
     k = np.where(has, np.minimum(drawn, min(params.max_addons, int((cat.combo_p > 0).sum(axis=1).min()))), 0)
     e_client, e_addon = _sample_addons(rng, cat, locale * n_clu + cluster, k)
     e_client, e_addon, e_day = _install_days(rng, cat, params, e_client, e_addon, start_day + first_off, last_day)
-    structs, (ud, ad, fi, signed, signed_null) = _entries(rng, cat, params, e_client, e_addon, e_day, last_day, pa_cat)
+    entry = _entries(rng, cat, params, e_client, e_addon, e_day, last_day)
     e_off = np.searchsorted(e_client, np.arange(n + 1))
 
     # Per-row features and add-on lists (installed by the row's day).
@@ -313,7 +328,8 @@ def generate_chunk(cat: Catalogue, params, first: int, n: int, rng) -> ChunkTabl
     lengths = hi - lo
     offsets = np.r_[0, np.cumsum(lengths)]
     take = np.repeat(lo - offsets[:-1], lengths) + np.arange(offsets[-1])
-    active = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), structs.take(pa.array(take)),
+    row_day = np.repeat(start_day + row_off, lengths)
+    active = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), _row_structs(cat, entry, take, row_day, pa_cat),
                                       type=pa.list_(ADDON))
     rate = params.null_feature_rate
     rc = pa.array(row_client)
@@ -375,7 +391,8 @@ def generate_chunk(cat: Catalogue, params, first: int, n: int, rng) -> ChunkTabl
     # Ground truth: newest eligible curated add-on per client (install days are strictly increasing).
     curated = np.zeros(cat.n_addons, bool)
     curated[cat.curated] = True
-    ok = (curated[e_addon] & ~ud & ~ad & ~fi & ~cat.blocklisted[e_addon] & ((signed == 2) | signed_null))
+    ok = (curated[e_addon] & ~entry["user_disabled"] & ~entry["app_disabled"] & ~entry["foreign_install"]
+          & ~cat.blocklisted[e_addon] & ((entry["signed_state"] == 2) | entry["signed_null"]))
     n_ok = np.bincount(e_client[ok], minlength=n)
     last_pos = np.full(n, -1)
     np.maximum.at(last_pos, e_client[ok], np.flatnonzero(ok))  # entries are in install order
