@@ -1,0 +1,128 @@
+"""``python -m taar_etl.taar_lite_guidranking``: TAARlite install ranking (SPEC §8.4).
+
+Input: the ``addons`` table (one row per ping × active add-on) for D. Output:
+artifact ``ranking`` (``taar/lite/guid_install_ranking.json.bz2`` + dated copy),
+``{guid: distinct clients}`` over rows of D whose ``addon_id`` is non-empty and
+passes the add-on rules 1-4 of SPEC §7.4, on channel ``--channel`` (``all``
+disables), with a client id. No ``"null"`` key.
+
+With ``--source bq`` the count runs server-side as one BigQuery aggregation whose
+eligibility conditions are :func:`taar.eligibility.sql_condition` (the same rule
+table as the Python and Spark predicates); with a Parquet root the same
+aggregation runs in-process with pyarrow, its filter built from that rule table
+too. Only D's partition and the needed columns are read.
+
+Exit codes: 0 published; 1 no partition for D, no eligible row, or write error;
+2 usage error; 3 the ranking failed validation.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, Mapping
+
+from taar.eligibility import EXCLUDED, RULES, is_eligible, sql_condition
+from taar_etl import sources
+from taar_etl.cli import JobFailed, base_parser, run_job
+
+logger = logging.getLogger(__name__)
+
+JOB = "taar_lite_guidranking"
+COLUMNS = ("client_id", "normalized_channel", "addon_id", *(field for field, _, _ in RULES))
+
+
+def _channel_ok(value, channel: str) -> bool:
+    return channel == "all" or value == channel
+
+
+def rank_rows(rows: Iterable[Mapping], channel: str = "release", excluded=EXCLUDED) -> dict[str, int]:
+    """Reference implementation on Python rows: distinct clients per eligible add-on."""
+    clients: dict[str, set] = {}
+    for row in rows:
+        if row.get("client_id") is None or not _channel_ok(row.get("normalized_channel"), channel):
+            continue
+        if is_eligible(row, excluded=excluded):
+            clients.setdefault(row["addon_id"], set()).add(row["client_id"])
+    return finish_ranking((g, len(c)) for g, c in clients.items())
+
+
+def finish_ranking(counts: Iterable[tuple[str | None, int]]) -> dict[str, int]:
+    """Drop null, empty and ``"null"`` keys and zero counts; ints sorted by GUID."""
+    return {g: int(n) for g, n in sorted((g, n) for g, n in counts if g and g != "null" and n and n > 0)}
+
+
+def arrow_filter(channel: str = "release", excluded=EXCLUDED):
+    """The eligibility rules (plus client id and channel) as a pyarrow compute expression."""
+    import pyarrow.compute as pc
+
+    addon_id = pc.field("addon_id")
+    cond = pc.field("client_id").is_valid() & addon_id.is_valid() & (addon_id != "")
+    if excluded:
+        cond = cond & ~addon_id.isin(sorted(excluded))
+    for field, kind, value in RULES:
+        col = pc.field(field)
+        if kind == "not_true":
+            cond = cond & ~pc.coalesce(col, False)
+        elif kind == "equals":
+            cond = cond & pc.coalesce(col == value, False)
+        elif kind == "equals_if_set":
+            cond = cond & (col.is_null() | pc.coalesce(col == value, False))
+        else:
+            raise ValueError(f"unknown rule kind {kind!r}")
+    if channel != "all":
+        cond = cond & pc.coalesce(pc.field("normalized_channel") == channel, False)
+    return cond
+
+
+def rank_table(table, channel: str = "release", excluded=EXCLUDED) -> dict[str, int]:
+    """The ranking of an Arrow table of ``addons`` rows (the local, embedded aggregation)."""
+    kept = table.filter(arrow_filter(channel, excluded))
+    counted = kept.group_by("addon_id").aggregate([("client_id", "count_distinct")])
+    return finish_ranking(zip(counted.column("addon_id").to_pylist(),
+                              counted.column("client_id_count_distinct").to_pylist(), strict=True))
+
+
+def ranking_sql(table: str, channel: str = "release", excluded=EXCLUDED) -> str:
+    """The BigQuery aggregation; parameters ``@date`` and (unless ``all``) ``@channel``."""
+    channel_cond = "" if channel == "all" else "\n  AND normalized_channel = @channel"
+    return (f"SELECT addon_id, COUNT(DISTINCT client_id) AS installs\nFROM `{table}`\n"
+            f"WHERE submission_date = @date\n  AND client_id IS NOT NULL{channel_cond}\n"
+            f"  AND {sql_condition(excluded=excluded)}\nGROUP BY addon_id")
+
+
+def compute_ranking(o) -> dict[str, int]:
+    """Read D's rows from ``--source`` and aggregate them there (BigQuery) or here (pyarrow)."""
+    if o.source == "bq":
+        params = {"date": o.date} if o.channel == "all" else {"date": o.date, "channel": o.channel}
+        table = sources.query(ranking_sql(sources.bq_tables(o.bq_tables)["addons"], o.channel), params,
+                              o.bq_project)
+        return finish_ranking(zip(table.column("addon_id").to_pylist(), table.column("installs").to_pylist(),
+                                  strict=True))
+    table = sources.read_table(o.source, "addons", COLUMNS, o.date, o.date)
+    logger.info("read %d addons rows for %s", table.num_rows, o.date, extra={"fields": {"rows": table.num_rows}})
+    return rank_table(table, o.channel)
+
+
+def build_parser():
+    p = base_parser(__doc__.splitlines()[0], prog="python -m taar_etl.taar_lite_guidranking")
+    sources.add_bq_arguments(p)
+    return p
+
+
+def run(o) -> None:
+    from taar.storage import open_model_store, producer_tag, publish
+
+    ranking = compute_ranking(o)
+    if not ranking:
+        raise JobFailed(f"no eligible add-on installs in addons for {o.date} (channel {o.channel})")
+    logger.info("ranking of %d add-ons", len(ranking), extra={"fields": {"addons": len(ranking)}})
+    publish(open_model_store(o.model_store), "ranking", ranking, o.date, producer_tag(JOB), o.force_latest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(run, build_parser().parse_args(argv), JOB)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
