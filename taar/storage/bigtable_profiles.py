@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from itertools import islice
@@ -32,6 +33,17 @@ MAX_AGE = dt.timedelta(days=90)
 WRITE_TIMEOUT_S = 120.0
 
 _PING_KEY = b"__taar_ping__"
+# Guards client creation so that concurrent first requests make one client, not several.
+_CLIENT_LOCK = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    """A fork while another thread held the lock must not leave the child deadlocked."""
+    global _CLIENT_LOCK
+    _CLIENT_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def _bytes_key(row_key: str | bytes) -> bytes:
@@ -90,15 +102,23 @@ class BigtableProfileStore:
     def _data_table(self):
         """This process's data-API table handle, made on first use."""
         if self._table is None or self._pid != os.getpid():
-            from google.cloud.bigtable.data import BigtableDataClient
-
-            with warnings.catch_warnings():
-                # The client warns on every construction when the emulator is used.
-                warnings.filterwarnings("ignore", message="Connecting to Bigtable emulator")
-                self._client = BigtableDataClient(project=self.project)
-            self._table = self._client.get_table(self.instance, self.table)
-            self._pid = os.getpid()
+            with _CLIENT_LOCK:
+                if self._table is None or self._pid != os.getpid():
+                    self._connect()
         return self._table
+
+    def _connect(self) -> None:
+        from google.cloud.bigtable.data import BigtableDataClient
+
+        with warnings.catch_warnings():
+            # The client warns on every construction when the emulator is used.
+            warnings.filterwarnings("ignore", message="Connecting to Bigtable emulator")
+            client = BigtableDataClient(project=self.project)
+        self._client, self._table, self._pid = (
+            client,
+            client.get_table(self.instance, self.table),
+            os.getpid(),
+        )
 
     def close(self) -> None:
         """Close this process's data client (a later call makes a new one)."""

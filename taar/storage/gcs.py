@@ -14,11 +14,24 @@ from __future__ import annotations
 import builtins
 import logging
 import os
+import threading
 from collections.abc import Mapping
 
 from .base import ObjectInfo, ObjectNotFound, check_object_name
 
 logger = logging.getLogger(__name__)
+
+# Guards client creation so that concurrent first uses make one client, not several.
+_CLIENT_LOCK = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    """A fork while another thread held the lock must not leave the child deadlocked."""
+    global _CLIENT_LOCK
+    _CLIENT_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
 
 _CONTENT_TYPES = {".bz2": "application/x-bzip2", ".json": "application/json"}
 
@@ -70,9 +83,14 @@ class GCSModelStore:
     def _get_bucket(self):
         """The bucket handle, made on first use in this process (no request is sent)."""
         if self._bucket is None or self._pid != os.getpid():
-            self._client = make_storage_client()
-            self._bucket = self._client.bucket(self.bucket_name)
-            self._pid = os.getpid()
+            with _CLIENT_LOCK:
+                if self._bucket is None or self._pid != os.getpid():
+                    client = make_storage_client()
+                    self._client, self._bucket, self._pid = (
+                        client,
+                        client.bucket(self.bucket_name),
+                        os.getpid(),
+                    )
         return self._bucket
 
     def _full(self, name: str) -> str:
