@@ -206,3 +206,40 @@ def read_input_artifact(store, key, date, allow_latest=False):
                        key, date, descriptor.version)
     logger.info("input %s version %s (%s, %d bytes)", key, descriptor.version, descriptor.uri, descriptor.size)
     return normalise(key, obj), descriptor
+
+
+def add_source_arguments(parser):
+    """Add the BigQuery flags every Spark job shares: per-table names and the views' dataset."""
+    parser.add_argument("--bq-table", action="append", default=[], metavar="TABLE=PROJECT.DATASET.TABLE",
+                        help=f"override a BigQuery table name (tables: {', '.join(BQ_TABLES)}); repeatable")
+    parser.add_argument("--bq-materialization-dataset", default=None,
+                        help="dataset the spark-bigquery connector materialises views into")
+    return parser
+
+
+def bq_tables_from(options) -> dict[str, str]:
+    """The table names in force: :data:`BQ_TABLES` with the ``--bq-table`` overrides applied."""
+    from taar_etl.cli import UsageError
+
+    tables = dict(BQ_TABLES)
+    for item in getattr(options, "bq_table", None) or ():
+        table, sep, name = item.partition("=")
+        if not sep or table not in BQ_TABLES or not name:
+            raise UsageError(f"--bq-table {item!r}: expected TABLE=PROJECT.DATASET.TABLE with TABLE one of "
+                             f"{', '.join(BQ_TABLES)}")
+        tables[table] = name
+    return tables
+
+
+def read_source(spark, options, table, columns, start, end):
+    """:func:`read_table` from the job's ``--source`` and BigQuery flags."""
+    return read_table(spark, options.source, table, columns, start, end, bq_tables=bq_tables_from(options),
+                      materialization_dataset=getattr(options, "bq_materialization_dataset", None))
+
+
+def metrics_sidecar(job, date, seed, params, inputs, outputs, evaluation=None) -> dict:
+    """The SPEC §9.3 metrics sidecar document (``evaluation`` is ``None`` for jobs without one)."""
+    import taar
+
+    return {"job": job, "date": date.isoformat(), "seed": seed, "package_version": taar.__version__,
+            "params": dict(params), "inputs": dict(inputs), "outputs": dict(outputs), "evaluation": evaluation}
