@@ -223,7 +223,7 @@ class FakeAMO:
         handler = type("Handler", (_Handler,), {"amo": self})
         self._server = http.server.ThreadingHTTPServer((self.host, self.port), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-amo", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fake-amo", daemon=True)
         self._thread.start()
         return self.base_url
 
@@ -370,6 +370,8 @@ class FakeAMO:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # keep-alive clients otherwise wait ~40 ms per response (delayed ACK)
+    wbufsize = 1 << 16  # headers and body leave in one write
     amo: FakeAMO  # set on the subclass made by FakeAMO.start
 
     def do_GET(self):  # noqa: N802 (http.server naming)
