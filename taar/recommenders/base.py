@@ -17,6 +17,7 @@ import abc
 import contextlib
 import time
 from collections.abc import Mapping, Sequence
+from operator import itemgetter
 
 import numpy as np
 
@@ -119,9 +120,19 @@ def top_indices(scores: np.ndarray, tiebreak: np.ndarray, limit: int) -> np.ndar
     return idx[order[:limit]]
 
 
+_GUID = itemgetter(0)
+_WEIGHT = itemgetter(1)
+
+
 def sort_pairs(pairs) -> list[tuple[str, float]]:
-    """Sort ``(guid, weight)`` pairs by weight descending, ties GUID ascending."""
-    return sorted(pairs, key=lambda p: (-p[1], p[0]))
+    """Sort ``(guid, weight)`` pairs by weight descending, ties GUID ascending.
+
+    Two stable C-level sorts (GUID, then weight with ``reverse=True``, which keeps
+    equal weights in GUID order) instead of one sort with a Python key tuple.
+    """
+    ordered = sorted(pairs, key=_GUID)
+    ordered.sort(key=_WEIGHT, reverse=True)
+    return ordered
 
 
 def timer(metrics, name: str):

@@ -32,6 +32,9 @@ class CollaborativeRecommender(Recommender):
         23-bit item id of each row.
     row_of_ : dict[int, int]
         Item id -> row.
+    row_of_guid_ : dict[str, int]
+        Mapped GUID -> row, for GUIDs whose own item id is that row's id (a shortcut
+        that saves hashing known GUIDs per request; other GUIDs are hashed).
     guids_ : tuple of str
         GUID of each row (``""`` when the mapping has no entry).
     eligible_ : ndarray of bool, shape (n_items,)
@@ -73,6 +76,8 @@ class CollaborativeRecommender(Recommender):
             guids.append(guid if isinstance(guid, str) else "")
             eligible.append(ok)
         self.guids_ = tuple(guids)
+        self.row_of_guid_ = {g: j for j, g in enumerate(guids)
+                             if g and self.row_of_.get(item_id(g)) == j}
         self.eligible_ = np.array(eligible, dtype=bool)
         self.guid_rank_ = guid_ranks(self.guids_)
         if self.loaded_ and not np.isfinite(self.factors_).all():
@@ -84,7 +89,9 @@ class CollaborativeRecommender(Recommender):
 
     def installed_rows(self, profile: Mapping) -> np.ndarray:
         """Rows of the client's installed add-ons, looked up by item id (SPEC §5.2 ``R``)."""
-        rows = {self.row_of_.get(item_id(g)) for g in profile.get("installed_addons") or ()}
+        known = self.row_of_guid_
+        rows = {known[g] if g in known else self.row_of_.get(item_id(g))
+                for g in profile.get("installed_addons") or ()}
         rows.discard(None)
         return np.array(sorted(rows), dtype=np.int64)
 
@@ -107,4 +114,4 @@ class CollaborativeRecommender(Recommender):
         candidate[installed] = False
         rows = np.flatnonzero(candidate)
         best = rows[top_indices(s[rows], self.guid_rank_[rows], limit)]
-        return [(self.guids_[j], float(s[j])) for j in best.tolist()]
+        return list(zip(map(self.guids_.__getitem__, best.tolist()), s[best].tolist(), strict=True))

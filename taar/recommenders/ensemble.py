@@ -61,7 +61,7 @@ class EnsembleRecommender(Recommender):
 
     def recommend(self, profile: Mapping, limit: int, extra: Mapping | None = None,
                   metrics=None) -> list[tuple[str, float]]:
-        return self.recommend_explained(profile, limit, extra, metrics)[0]
+        return self.combine(profile, limit, extra, metrics)[0]
 
     def recommend_explained(self, profile: Mapping, limit: int, extra: Mapping | None = None,
                             metrics=None) -> tuple[list[tuple[str, float]], dict[str, dict[str, float]]]:
@@ -82,11 +82,28 @@ class EnsembleRecommender(Recommender):
         sources : dict[str, dict[str, float]]
             For each returned GUID, ``{recommender name: score × W_r}``.
         """
+        results, answers = self.combine(profile, limit, extra, metrics)
+        return results, contributions(answers, [g for g, _ in results])
+
+    def combine(self, profile: Mapping, limit: int, extra: Mapping | None = None,
+                metrics=None) -> tuple[list[tuple[str, float]], list[tuple[str, float, dict[str, float]]]]:
+        """Ensemble results plus the raw member answers, for explaining only what is kept.
+
+        The manager samples ``limit`` of a pool of hundreds; building contributions
+        for the whole pool would cost more than the recommendation itself, so it
+        calls :func:`contributions` on the chosen GUIDs only.
+
+        Returns
+        -------
+        results : list of (str, float)
+            As :meth:`recommend_explained`.
+        answers : list of (str, float, dict[str, float])
+            ``(member name, W_r, {guid: score})`` for each member that answered.
+        """
         limit = check_limit(limit)
         installed = profile.get("installed_addons") or ()
         wanted = limit + len(installed)
-        totals: dict[str, float] = {}
-        sources: dict[str, dict[str, float]] = {}
+        answers = []
         with timer(metrics, "ensemble_recommend"):
             for name, rec in self.members_:
                 with timer(metrics, f"{name}_recommend"):
@@ -98,16 +115,22 @@ class EnsembleRecommender(Recommender):
                         logger.exception("ensemble: %s recommender failed; skipped", name)
                         incr(metrics, f"error_{name}")
                         continue
-                weight = self.weights_[name]
-                for guid, score in recs:
-                    contribution = score * weight
-                    totals[guid] = totals.get(guid, 0.0) + contribution
-                    per_guid = sources.setdefault(guid, {})
-                    per_guid[name] = per_guid.get(name, 0.0) + contribution
-        for guid in installed:
-            totals.pop(guid, None)
-        results = sort_pairs(totals.items())[:limit]
-        return results, {guid: sources[guid] for guid, _ in results}
+                answers.append((name, self.weights_[name], dict(recs)))
+            totals: dict[str, float] = {}
+            get = totals.get
+            for _, weight, scores in answers:
+                for guid, score in scores.items():
+                    totals[guid] = get(guid, 0.0) + score * weight
+            for guid in installed:
+                totals.pop(guid, None)
+            results = sort_pairs(totals.items())[:limit]
+        return results, answers
+
+
+def contributions(answers, guids) -> dict[str, dict[str, float]]:
+    """``{guid: {member name: score × W_r}}`` for ``guids``, from :meth:`EnsembleRecommender.combine` answers."""
+    return {guid: {name: scores[guid] * weight for name, weight, scores in answers if guid in scores}
+            for guid in guids}
 
 
 def _safe_can_recommend(name, rec, profile, extra) -> bool:

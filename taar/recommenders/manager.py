@@ -26,6 +26,7 @@ import numpy as np
 from taar.hashing import is_test_id
 
 from .base import check_limit, incr, sort_pairs, timer
+from .ensemble import contributions
 from .randomizer import weighted_sample
 
 logger = logging.getLogger(__name__)
@@ -152,14 +153,14 @@ class RecommendationManager:
             profile = self._fetcher().get(client_id)
             if profile is None:
                 return Recommendation([], {}, seed, False, True)
-            pool, sources = self.engine.ensemble.recommend_explained(
-                profile, self.pool_size(limit), extra, metrics)
+            pool, answers = self.engine.ensemble.combine(profile, self.pool_size(limit), extra, metrics)
             pool = [(g, w) for g, w in pool if math.isfinite(w)]
             results = self.select(pool, limit, rng)
+            sources = contributions(answers, [g for g, _ in results])
         logger.info("Client recommendations results", extra={
             "client_id": client_id, "guids": [g for g, _ in results], "seed": seed,
             "model_versions": self.engine.model_versions})
-        return Recommendation(results, {g: sources.get(g, {}) for g, _ in results}, seed, False, False)
+        return Recommendation(results, sources, seed, False, False)
 
     def _recommend_test(self, client_id, limit, seed, rng, metrics) -> Recommendation:
         incr(metrics, "test_client")

@@ -54,6 +54,8 @@ def test_manager_top_n_on_the_real_engine(engine):
     rec = RecommendationManager(engine, fetcher, randomize=False).recommend("ab" * 32, 3, seed=1)
     # pool = len(whitelist) = 6: d-delta 2, it1 1.8, B 1.696, A 1.099, dd 1.040, zz 1.040 -> top 3
     assert [g for g, _ in rec.results] == ["d-delta@x", "it1@x", "B@x"]
+    assert rec.sources["B@x"] == pytest.approx({"similarity": 0.5 * math.log(6), "locale": 0.8})
+    assert rec.sources["it1@x"] == pytest.approx({"locale": 1.8})
 
 
 def test_taarlite_default_answers_are_precomputed(engine):

@@ -24,9 +24,10 @@ class StubEnsemble:
         self.pairs = pairs
         self.limits = []
 
-    def recommend_explained(self, profile, limit, extra=None, metrics=None):
+    def combine(self, profile, limit, extra=None, metrics=None):
+        """Same shape as EnsembleRecommender.combine: results and member answers."""
         self.limits.append(limit)
-        return self.pairs[:limit], {g: {"collaborative": w} for g, w in self.pairs[:limit]}
+        return self.pairs[:limit], [("collaborative", 1.0, dict(self.pairs))]
 
 
 class DictFetcher:
