@@ -29,7 +29,11 @@ from dockerflow.logging import MozlogFormatter
 LOGGER_NAMES = ("taar", "taar_web", "request.summary")
 REQUEST_ID_HEADER = "X-Request-ID"
 _MAX_REQUEST_ID = 128
-_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
+# A telemetry client id is a UUID, with or without dashes (hashed ids are 64 hex: kept).
+_UUID_RE = re.compile(
+    r"(?<![0-9a-fA-F])(?:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|[0-9a-fA-F]{32})(?![0-9a-fA-F])"
+)
 
 _request_context: ContextVar[dict | None] = ContextVar("taar_request_context", default=None)
 _installed_handler: logging.Handler | None = None

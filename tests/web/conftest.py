@@ -79,12 +79,17 @@ def metrics() -> RecordingBackend:
 
 @pytest.fixture
 def make_app(settings, clock, metrics):
-    """Build an app; keyword arguments override settings fields or ``create_app`` seams."""
+    """Build an app; keyword arguments override settings fields or ``create_app`` seams.
+
+    ``model_store`` / ``profile_store`` given as a string are the settings' URIs
+    (``create_app`` opens them); given as an object they are the store seams.
+    """
     seams = ("model_store", "profile_store", "clock", "seed_source", "metrics_backend")
 
     def make(**overrides):
         kwargs = {"clock": clock, "metrics_backend": metrics}
-        kwargs.update({k: overrides.pop(k) for k in list(overrides) if k in seams})
+        kwargs.update({k: overrides.pop(k) for k in list(overrides)
+                       if k in seams and not isinstance(overrides[k], str)})
         return create_app(dataclasses.replace(settings, **overrides), **kwargs)
 
     return make
