@@ -38,9 +38,9 @@ def synthetic_models(n_guids: int, degree: int, seed: int = 42) -> dict:
     } for _ in range(1000)]
     xs = np.linspace(0, 5, 1000)
     lr_curves = [[float(x), [float(np.exp(-x) + 0.01), float(0.5 + 0.1 * x)]] for x in xs]
-    locale = {f"l{i}-X{i}": [[g, float(w)] for g, w in zip(
+    locale = {key: [[g, float(w)] for g, w in zip(
         rng.choice(whitelist, 10, replace=False).tolist(), np.sort(rng.random(10))[::-1], strict=True)]
-        for i in range(100)}
+        for key in locales + [f"l{i}-X{i}" for i in range(96)]}
     guids = [f"guid-{i:05d}@bench" for i in range(n_guids)]
     popularity = rng.pareto(1.2, n_guids) + 1
     coinstall: dict[str, dict[str, int]] = {}
@@ -85,8 +85,11 @@ def main(argv=None) -> dict:
     unpickle_s = time.perf_counter() - started
 
     rng = np.random.default_rng(1)
+    cities, locales, oses = ["Rome", "Paris", "Berlin", "Oslo", ""], ["en-US", "de", "fr", "it-IT"], ["Linux",
+                                                                                                   "Darwin"]
     profiles = [{
-        "client_id": f"{i:064x}", "geo_city": "Rome", "locale": "it-IT", "os": "Linux",
+        "client_id": f"{i:064x}", "geo_city": str(rng.choice(cities)), "locale": str(rng.choice(locales)),
+        "os": str(rng.choice(oses)),
         "subsession_length": 3600.0 * (i % 7), "bookmark_count": float(i % 50), "tab_open_count": 10.0,
         "total_uri": 200.0, "unique_tlds": 12.0,
         "installed_addons": rng.choice(engine.whitelist, 4, replace=False).tolist(),

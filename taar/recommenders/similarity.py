@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -34,6 +35,9 @@ FEATURES = CATEGORICAL + CONTINUOUS
 CANBERRA_OFFSET = 0.001
 #: Below this best log-likelihood ratio the donors barely discriminate; worth a warning.
 WEAK_LR_WARNING = 0.1
+#: ...but at most once per interval per process, so a weak model cannot flood the log.
+WEAK_LR_WARNING_INTERVAL_S = 60.0
+_last_weak_warning = [-math.inf]  # module state, never part of a pickled recommender
 
 
 def similarity_distances(XD, CD, x_c, c_c) -> np.ndarray:
@@ -175,7 +179,11 @@ class SimilarityRecommender(Recommender):
         points = self.curve_points(profile)
         best = self.point_log_lr_or_ninf_[points].max() if points.size else -np.inf
         if -np.inf < best < WEAK_LR_WARNING:
-            logger.warning("similarity: best log-likelihood ratio %.4f is below %.1f", float(best), WEAK_LR_WARNING)
+            now = time.monotonic()
+            if now - _last_weak_warning[0] >= WEAK_LR_WARNING_INTERVAL_S:
+                _last_weak_warning[0] = now
+                logger.warning("similarity: best log-likelihood ratio %.4f is below %.1f (logged at most "
+                               "every %.0f s)", float(best), WEAK_LR_WARNING, WEAK_LR_WARNING_INTERVAL_S)
         return self.donor_addons_t_ @ self.point_votes_[points]
 
     def recommend(self, profile: Mapping, limit: int, extra: Mapping | None = None) -> list[tuple[str, float]]:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from taar import artifacts
 from taar.profile import normalise_profile
-from taar.recommenders import SimilarityRecommender
+from taar.recommenders import SimilarityRecommender, similarity
 from taar.recommenders.similarity import nearest_points, reference_scores, similarity_distances
 
 from . import toy
@@ -95,13 +95,23 @@ def test_only_positive_scores_are_returned():
     assert rec.recommend(toy.profile(), 10) == []
 
 
-def test_weak_curves_log_a_warning(caplog):
+def test_weak_curves_log_a_warning_at_most_once_a_minute(caplog, monkeypatch):
+    monkeypatch.setattr(similarity, "_last_weak_warning", [-math.inf])
     # LR e^0.05 everywhere: max ln = 0.05 < 0.1
     rec = SimilarityRecommender().fit(donors=toy.DONORS, lr_curves=[[0.0, [math.exp(0.05), 1.0]]])
     with caplog.at_level(logging.WARNING, logger="taar.recommenders.similarity"):
         got = rec.recommend(toy.profile(), 1)
+        rec.recommend(toy.profile(), 1)
     assert got[0][1] == pytest.approx(0.1)  # A@x: two donors vote 0.05 each
-    assert "below 0.1" in caplog.text
+    assert caplog.text.count("below 0.1") == 1
+
+
+def test_strong_curves_do_not_warn(caplog, monkeypatch):
+    monkeypatch.setattr(similarity, "_last_weak_warning", [-math.inf])
+    rec = SimilarityRecommender().fit(donors=toy.DONORS, lr_curves=toy.LR_CURVES)
+    with caplog.at_level(logging.WARNING, logger="taar.recommenders.similarity"):
+        rec.recommend(toy.profile(), 1)
+    assert "below" not in caplog.text
 
 
 @pytest.mark.parametrize("field", ["geo_city", "locale", "os", "subsession_length", "bookmark_count",
