@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from taar.artifacts import ArtifactError
 from taar.hashing import item_id
 
 from .base import Recommender, check_limit, guid_ranks, top_indices
@@ -81,7 +82,7 @@ class CollaborativeRecommender(Recommender):
         self.eligible_ = np.array(eligible, dtype=bool)
         self.guid_rank_ = guid_ranks(self.guids_)
         if self.loaded_ and not np.isfinite(self.factors_).all():
-            raise ValueError("item_matrix contains non-finite features")
+            raise ArtifactError("item_matrix", "contains non-finite features")
         return self
 
     def can_recommend(self, profile: Mapping, extra: Mapping | None = None) -> bool:

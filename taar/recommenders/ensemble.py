@@ -14,6 +14,8 @@ import logging
 import math
 from collections.abc import Mapping
 
+from taar.artifacts import ArtifactError
+
 from .base import ENSEMBLE_MEMBERS, Recommender, check_limit, incr, sort_pairs, timer
 
 logger = logging.getLogger(__name__)
@@ -30,7 +32,7 @@ def parse_weights(ensemble_weights) -> tuple[dict[str, float], bool]:
     for name in ENSEMBLE_MEMBERS:
         value = inner.get(name)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise ValueError(f"ensemble_weights: weight for {name!r} is not a finite number: {value!r}")
+            raise ArtifactError("ensemble_weights", f"weight for {name!r} is not a finite number: {value!r}")
         weights[name] = float(value)
     return weights, False
 

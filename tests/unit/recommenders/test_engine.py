@@ -12,6 +12,7 @@ import math
 
 import pytest
 
+from taar.artifacts import ArtifactError
 from taar.recommenders import MODEL_KEYS, Engine, RecommendationManager, build_engine
 
 from . import toy
@@ -112,3 +113,15 @@ def test_legacy_donor_keys_through_normalise():
 def test_unknown_model_key_is_rejected():
     with pytest.raises(ValueError, match="bogus"):
         build_engine({"bogus": {}})
+
+
+@pytest.mark.parametrize("key, bad", [
+    ("ensemble_weights", {"ensemble_weights": {"collaborative": float("nan"), "similarity": 1.0, "locale": 1.0}}),
+    ("item_matrix", [{"id": 1, "features": [float("inf")]}]),
+])
+def test_bad_artifacts_raise_the_domain_error(key, bad):
+    # normalise() would reject these; build_engine still refuses rather than serve garbage
+    models = toy.models()
+    models[key] = bad
+    with pytest.raises(ArtifactError, match=key):
+        build_engine(models)
