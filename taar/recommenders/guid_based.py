@@ -92,8 +92,8 @@ class GuidBasedRecommender:
         Unfiltered counts ``C`` (self pairs and counts < 1 dropped).
     filtered_ : scipy.sparse.csr_matrix (n, n)
         ``F``: entries of ``C`` with count >= ``min_installs_``.
-    walk_t_ : scipy.sparse.csr_matrix (n, n)
-        Transposed row-normalised ``F`` (the guidception step ``P · Q`` as ``Qᵀ · P``).
+    walk_ : scipy.sparse.csr_matrix (n, n)
+        ``Q``: row-normalised ``F`` (the guidception transition matrix).
     count_map_, row_count_, row_norm_sum_ : ndarray (n,)
         Column statistics of ``C`` (SPEC §5.6).
     installs_ : ndarray (n,)
@@ -166,9 +166,8 @@ class GuidBasedRecommender:
         self.filtered_ = filtered
         f_sums = np.asarray(filtered.sum(axis=1)).ravel()
         f_rows = np.repeat(np.arange(n), np.diff(filtered.indptr))
-        walk = sparse.csr_matrix((filtered.data / f_sums[f_rows] if n else filtered.data,
-                                  filtered.indices, filtered.indptr), shape=(n, n))
-        self.walk_t_ = walk.T.tocsr()
+        self.walk_ = sparse.csr_matrix((filtered.data / f_sums[f_rows] if n else filtered.data,
+                                        filtered.indices, filtered.indptr), shape=(n, n))
 
         self.default_indptr_, self.default_nodes_, self.default_weights_ = self._ordered_direct(
             np.arange(n), DEFAULT_MODE)
@@ -205,13 +204,20 @@ class GuidBasedRecommender:
         top = np.lexsort((nodes, -counts))[: self.truncate]
         p1 = np.zeros(n)
         p1[nodes[top]] = counts[top] / counts[top].sum()
-        p2 = self.walk_t_ @ p1
-        p3 = self.walk_t_ @ p2
+        p2 = self._step(p1)
+        p3 = self._step(p2)
         w = WALK_WEIGHTS[0] * p1 + WALK_WEIGHTS[1] * p2 + WALK_WEIGHTS[2] * p3
         w[k] = 0.0
         nodes = np.flatnonzero(w > 0)
         weights = w[nodes] / w[nodes].sum() if nodes.size else w[nodes]
         return self._order(np.zeros(nodes.shape[0], dtype=np.int64), nodes, weights, 1)
+
+    def _step(self, p: np.ndarray) -> np.ndarray:
+        """``p · Q``, touching only the rows of Q where ``p`` has mass (mass on row-less nodes drops)."""
+        support = np.flatnonzero(p)
+        group, pos = _segments(self.walk_.indptr, support)
+        mass = self.walk_.data[pos] * p[support][group]
+        return np.bincount(self.walk_.indices[pos], weights=mass, minlength=p.shape[0])
 
     def _order(self, group, nodes, weights, n_groups):
         """Sort each group by (round(w, 10) desc, installs desc, GUID asc); CSR-style output."""
