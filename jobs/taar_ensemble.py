@@ -52,7 +52,14 @@ from taar.storage import (
 from taar_etl import ensemble_eval as ev
 from taar_etl.cli import JobFailed, UsageError, base_parser, run_job
 from taar_etl.report import Table, write_evaluation_report
-from taar_etl.spark_io import SAMPLE_BUCKETS, add_source_arguments, job_session, read_source, xxhash_order
+from taar_etl.spark_io import (
+    SAMPLE_BUCKETS,
+    add_source_arguments,
+    job_session,
+    metrics_sidecar,
+    read_source,
+    xxhash_order,
+)
 
 logger = logging.getLogger("taar_etl.jobs.taar_ensemble")
 
@@ -256,12 +263,10 @@ def run(options) -> None:
                       options.force_latest)
         names.append(res.dated_name)
         model_curves = curves[NEW] if decision == "published" else curves[CURRENT]
-        sidecar = {
-            "job": JOB, "date": options.date.isoformat(), "seed": options.seed,
-            "package_version": taar.__version__, "params": parameters(options), "inputs": counts,
-            "outputs": {"ensemble_weights": published_weights, "decision": decision},
-            "evaluation": sidecar_evaluation(k, at_k(model_curves, k), {"popularity": at_k(curves[POPULARITY], k)}),
-        }
+        sidecar = metrics_sidecar(
+            JOB, options.date, options.seed, parameters(options), counts,
+            {"ensemble_weights": published_weights, "decision": decision},
+            sidecar_evaluation(k, at_k(model_curves, k), {"popularity": at_k(curves[POPULARITY], k)}))
         names.append(publish_metrics(store, JOB, PREFIX, sidecar, options.date, producer,
                                      options.force_latest).dated_name)
 
