@@ -385,6 +385,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except Exception:  # a bug in the fake must show as a 500, not a dropped connection
             logger.exception("fake AMO failed on %s", self.path)
             status, headers, body, route = 500, {}, {"detail": "internal error"}, "error"
+        amo.record("GET", path, query, route, status)  # before replying, so a client sees its request logged
         data = json.dumps(body).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -393,7 +394,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
-        amo.record("GET", path, query, route, status)
 
     def log_message(self, fmt, *args):
         logger.debug("%s " + fmt, self.address_string(), *args)

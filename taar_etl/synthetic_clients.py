@@ -141,7 +141,7 @@ def _sample_addons(rng, cat, combo, k):
         rows = who[s : s + batch]
         kb = k[rows]
         kmax = int(kb.max())
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):  # p = 0 gives inf (or NaN): never drawn
             keys = rng.standard_exponential((len(rows), n_addons), dtype=np.float32) / cat.combo_p[combo[rows]]
         part = np.argpartition(keys, kmax - 1, axis=1)[:, :kmax] if kmax < n_addons else np.tile(
             np.arange(n_addons), (len(rows), 1))
