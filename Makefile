@@ -47,6 +47,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	mkdir -p var/bench
+	$(PY) -m bench.recommenders
 	$(PY) -m bench.jobs
 	$(PY) -m bench.profiles
 	$(PY) -m bench.serve
