@@ -28,7 +28,8 @@ def summary(module: str) -> str:
     return line.split(": ``python -m", 1)[0]  # "What it does: ``python -m taar_etl.x``"
 
 
-def main(out=sys.stdout) -> int:
+def main(out=None) -> int:
+    out = out or sys.stdout
     print("TAAR container jobs (python -m taar_etl.<job> --help):", file=out)
     for module in JOBS:
         print(f"  {module:<24} {summary(module)}", file=out)

@@ -99,9 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(o, out=sys.stdout) -> None:
+def run(o, out=None) -> None:
     from taar.storage import open_model_store, rollback
 
+    out = out or sys.stdout
     store = open_model_store(o.model_store)
     known = set(artifacts.CATALOGUE) | set(artifacts.GROUPS)
     if o.command in ("show", "rollback") and o.key not in known:

@@ -45,7 +45,6 @@ from itertools import islice
 
 from taar.hashing import hash_client_id
 from taar.profile import SOURCE_COLUMNS, ZLIB_LEVEL, encode_payload, row_to_payload
-from taar_etl import sources
 from taar_etl.cli import JobFailed, UsageError, base_parser, end_of_day, run_job
 from taar_etl.parallel import Progress, bounded_map
 
@@ -251,6 +250,8 @@ def deletion_window(o) -> tuple[dt.date, dt.date]:
 
 def opted_out_ids(o) -> set[str]:
     """Raw client ids with a deletion request in the window (kept in memory, never logged)."""
+    from taar_etl import sources
+
     start, end = deletion_window(o)
     table = sources.read_table(o.source, "deletion_request", ["client_id"], start, end, required=False,
                                project=o.bq_project, tables=sources.bq_tables(o.bq_tables))
@@ -259,6 +260,8 @@ def opted_out_ids(o) -> set[str]:
 
 def extract_local(o, staging: Staging) -> int:
     import pyarrow as pa
+
+    from taar_etl import sources
 
     opted_out = opted_out_ids(o)
     staging.clear()
@@ -285,6 +288,7 @@ def extract_spark(o, staging: Staging, spark) -> int:
 
     from taar.eligibility import client_filter_column
     from taar.profile import spark_payload_json_column
+    from taar_etl import sources
     from taar_etl.spark_io import read_table
 
     tables = sources.bq_tables(o.bq_tables)
@@ -296,8 +300,10 @@ def extract_spark(o, staging: Staging, spark) -> int:
     start, end = deletion_window(o)
     opted_out = (read_table(spark, o.source, "deletion_request", ["client_id"], start, end, bq_tables=tables)
                  .where(F.col("client_id").isNotNull()).distinct())
-    compress = F.udf(lambda s: zlib.compress(s.encode("utf-8"), level), BinaryType())
-    rows = clients.join(opted_out, "client_id", "left_anti").select(
+    # A plain (not Arrow) UDF: executors need no pyarrow for it.
+    compress = F.udf(lambda s: zlib.compress(s.encode("utf-8"), level), BinaryType(), useArrow=False)
+    # The opt-out list is small (a fraction of a percent of clients): broadcast it rather than shuffle both sides.
+    rows = clients.join(F.broadcast(opted_out), "client_id", "left_anti").select(
         F.sha2("client_id", 256).alias("row_key"), compress(spark_payload_json_column()).alias("payload"))
     staging.clear()
     rows.write.mode("overwrite").parquet(staging.uri)
@@ -354,6 +360,8 @@ def run_delete_opt_outs(o) -> None:
 
 
 def build_parser():
+    from taar_etl import sources  # pyarrow is imported only by the steps that read sources
+
     p = base_parser(__doc__.splitlines()[0], spark=True, prog="python -m taar_etl.taar_profile_bigtable")
     p.add_argument("--steps", default=",".join(STEPS), help=f"comma list of {', '.join(STEPS)}")
     p.add_argument("--profile-store", default=os.environ.get("TAAR_PROFILE_STORE", "sqlite:///./var/profiles.sqlite3"),
@@ -391,6 +399,8 @@ def run(o) -> None:
     if o.engine == "spark" and {"extract", "load"} & set(steps):
         from taar_etl.spark_io import build_spark_session
 
+        if (o.spark_master or "").startswith("local"):  # executors must run this interpreter (its packages)
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         spark = build_spark_session(JOB, o.spark_master, o.shuffle_partitions)
     for step in steps:
         started = time.monotonic()
