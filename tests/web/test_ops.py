@@ -205,3 +205,39 @@ def test_wrong_method_is_json_405(client, method, path):
     assert (response.status_code, response.get_json()) == (405, {"results": [], "error": "method not allowed"})
     assert response.headers["Cache-Control"] == "no-store"
 
+
+
+def test_without_any_model_every_route_still_answers(make_app, tmp_path):
+    client = make_app(model_store=open_model_store(str(tmp_path / "empty"))).test_client()
+    assert client.get(f"/v1/api/recommendations/{fixtures.KNOWN}/").get_json() == {"results": []}
+    assert client.get("/v1/api/recommendations/1111/").get_json() == {"results": []}
+    assert client.get("/taarlite/api/v1/addon_recommendations/a@x/").get_json() == {"results": []}
+    assert client.get(f"/v1/api/client_has_addon/{fixtures.KNOWN}/a@x/").get_json() == {"results": True}
+    assert client.get("/__heartbeat__").status_code == 500
+    assert {m["status"] for m in client.get("/__models__").get_json()["models"].values()} == {"missing"}
+
+
+def test_wsgi_module_builds_the_app_from_the_environment(monkeypatch, model_store_dir, profile_uri):
+    import importlib
+    import sys
+
+    monkeypatch.setenv("TAAR_MODEL_STORE", str(model_store_dir))
+    monkeypatch.setenv("TAAR_PROFILE_STORE", profile_uri)
+    monkeypatch.setenv("TAAR_METRICS_BACKEND", "none")
+    monkeypatch.delitem(sys.modules, "taar_web.wsgi", raising=False)
+    wsgi = importlib.import_module("taar_web.wsgi")
+    assert wsgi.app.extensions["taar_models"].snapshot.versions["whitelist"] == "20240310"
+
+
+def test_sentry_is_initialised_only_with_a_dsn(monkeypatch):
+    import sentry_sdk
+
+    from taar_web import sentry
+
+    calls = []
+    monkeypatch.setattr(sentry_sdk, "init", lambda **kwargs: calls.append(kwargs))
+    assert sentry.init_sentry("") is False and calls == []
+    assert sentry.init_sentry("https://key@sentry.invalid/1") is True
+    (kwargs,) = calls
+    assert kwargs["dsn"] == "https://key@sentry.invalid/1"
+    assert [type(i).__name__ for i in kwargs["integrations"]] == ["FlaskIntegration"]
