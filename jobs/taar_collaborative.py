@@ -1,0 +1,344 @@
+"""taar_collaborative: implicit-ALS item factors for the collaborative recommender (SPEC §8.9).
+
+Submitted as ``python jobs/taar_collaborative.py --date D [--spark-master local[2]] ...``
+(on Dataproc: the main file with the same arguments). It replaces the historical
+Scala job and publishes the same artifacts; the training and evaluation core is
+:mod:`taar_etl.als`, shared with ``bench/jobs_collaborative.py``.
+
+Inputs
+    The curated ``whitelist`` and the ``amo_database`` dated D from the model store
+    (the latest copies only with ``--allow-latest-inputs``); ``clients_daily`` over
+    the ``--window-days`` days ending at D (``--source``: Parquet root or ``bq``).
+Method
+    Items = whitelisted GUIDs that AMO lists as webextensions, numbered in GUID
+    order, each with its 23-bit Java-hash item id (GUIDs sharing an id are dropped,
+    or fail the run with ``--on-collision fail``). Interactions = each filtered,
+    sampled (``sample_id < --sample-id-max``) client's latest row, its eligible
+    add-ons among the items, rating 1.0. Users get dense indices in client-id
+    order. Each user with two or more items loses its newest (``install_day``,
+    ties GUID) to the holdout; holdout users split by ``xxhash64(seed, client_id)``
+    parity into validation and test, each capped at ``--eval-users``. Spark ML
+    implicit ALS is fitted for every ``--grid`` configuration; the best validation
+    NDCG@k wins (ties: HR@k, then the smaller rank). Evaluation scores with the
+    serving formula (user vector = sum of its training item factors).
+Quality gate
+    Test NDCG@k below the popularity baseline's -> refused: exit 3, nothing
+    published, report under ``<etl-store>/reports/collaborative/<YYYYMMDD>/``.
+Outputs
+    ``item_matrix`` + ``addon_mapping`` published as a group (dated copy + latest),
+    refitted on every interaction with ``--refit-full``; the metrics sidecar
+    ``addon_recommender/taar_collaborative_metrics.json.bz2`` with the evaluation
+    block; with ``--archive-model`` the Spark model under
+    ``<etl-store>/archive/collaborative/<YYYYMMDD>/als_model``. ALS checkpoints go to
+    ``<etl-store>/checkpoints/collaborative/<YYYYMMDD>/``.
+Exit codes
+    0 published; 1 runtime failure (missing input, no item, no interaction, no
+    test user, write error); 2 usage error; 3 refused by the quality gate, item id
+    collision with ``--on-collision fail``, or invalid artifacts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+import taar
+from taar.eligibility import client_filter_column, eligible_column
+from taar.evaluation import GateRefused, at_k, passes_gate, sidecar_evaluation
+from taar.hashing import item_id
+from taar.storage import open_model_store, producer_tag, publish_group, publish_metrics
+from taar_etl import als, amo
+from taar_etl.cli import JobFailed, UsageError, ValidationError, base_parser, run_job, window
+from taar_etl.report import Table, write_evaluation_report
+from taar_etl.spark_io import (
+    add_source_arguments,
+    job_session,
+    latest_row_per_client,
+    metrics_sidecar,
+    read_input_artifact,
+    read_source,
+    xxhash_order,
+)
+
+logger = logging.getLogger(__name__)
+
+JOB = "taar_collaborative"
+#: Where the metrics sidecar goes in the model store, and the ETL-store folder name.
+METRICS_PREFIX = "addon_recommender"
+ETL_NAME = "collaborative"
+SOURCE_COLUMNS = ("client_id", "sample_id", "app_name", "normalized_channel", "active_addons", "submission_date")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = base_parser("Implicit-ALS item factors for the collaborative recommender (SPEC §8.9).", spark=True,
+                    prog=JOB)
+    add_source_arguments(p)
+    p.add_argument("--window-days", type=int, default=90, help="days of clients_daily ending at D")
+    p.add_argument("--sample-id-max", type=int, default=100, help="keep clients with sample_id < this")
+    p.add_argument("--grid", default="default",
+                   help="'default' (SPEC grid), 'none' (--rank/--reg-param/--alpha) or 'rank=..;reg=..;alpha=..'")
+    p.add_argument("--rank", type=int, default=32, help="ALS rank with --grid none")
+    p.add_argument("--reg-param", type=float, default=0.1, help="ALS regParam with --grid none")
+    p.add_argument("--alpha", type=float, default=10.0, help="ALS implicit confidence alpha with --grid none")
+    p.add_argument("--max-iter", type=int, default=20, help="ALS iterations")
+    p.add_argument("--checkpoint-interval", type=int, default=5, help="ALS checkpoint interval (iterations)")
+    p.add_argument("--num-blocks", type=int, default=2,
+                   help="ALS user and item blocks (<= 2 keeps reruns bit-identical, see taar_etl.als.fit_als)")
+    p.add_argument("--eval-k", type=int, default=10, help="cut-off k of the evaluation metrics")
+    p.add_argument("--eval-users", type=int, default=50000, help="cap on validation and on test users")
+    p.add_argument("--on-collision", choices=("drop", "fail"), default="drop",
+                   help="GUIDs sharing a 23-bit item id: drop them all, or fail the run")
+    p.add_argument("--archive-model", action=argparse.BooleanOptionalAction, default=True,
+                   help="save the Spark model under <etl-store>/archive/collaborative/<YYYYMMDD>/als_model")
+    p.add_argument("--refit-full", action=argparse.BooleanOptionalAction, default=True,
+                   help="refit the selected configuration on every interaction before publishing")
+    return p
+
+
+def check_options(options) -> tuple[als.AlsParams, ...]:
+    """Reject unusable values (exit 2); return the ALS grid."""
+    for name in ("window_days", "max_iter", "eval_k", "eval_users", "num_blocks"):
+        if getattr(options, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(options, name)}")
+    if not 1 <= options.sample_id_max <= 100:
+        raise UsageError(f"--sample-id-max must be in [1, 100], got {options.sample_id_max}")
+    if options.checkpoint_interval < 1 and options.checkpoint_interval != -1:
+        raise UsageError(f"--checkpoint-interval must be >= 1 (or -1 to disable), got {options.checkpoint_interval}")
+    try:
+        return als.parse_grid(options.grid, options.rank, options.reg_param, options.alpha)
+    except ValueError as exc:
+        raise UsageError(f"--grid: {exc}") from None
+
+
+# --------------------------------------------------------------------------- items (driver)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One catalogue item: its GUID, 23-bit item id and display name."""
+
+    guid: str
+    item_id: int
+    name: str
+
+
+def catalogue_items(whitelist, amo_database, on_collision: str = "drop") -> list[Item]:
+    """Whitelisted GUIDs that AMO lists as webextensions, in GUID order (SPEC §8.9 step 1).
+
+    GUIDs whose item ids collide are all dropped with a warning; with
+    ``on_collision="fail"`` a collision raises :class:`ValidationError` instead.
+    """
+    webext = amo.webextension_guids(amo_database)
+    guids = sorted(set(whitelist) & webext)
+    by_id = defaultdict(list)
+    for g in guids:
+        by_id[item_id(g)].append(g)
+    clashes = {i: gs for i, gs in by_id.items() if len(gs) > 1}
+    if clashes:
+        detail = "; ".join(f"{i}: {', '.join(gs)}" for i, gs in sorted(clashes.items()))
+        if on_collision == "fail":
+            raise ValidationError(f"item id collision between GUIDs ({detail})")
+        logger.warning("dropping %d GUIDs whose item ids collide (%s)",
+                       sum(len(gs) for gs in clashes.values()), detail)
+    return [Item(g, item_id(g), amo.name(amo_database[g]) or "Unknown") for g in guids if item_id(g) not in clashes]
+
+
+# --------------------------------------------------------------------------- interactions (Spark)
+
+
+def client_items(daily, guids, channel: str = "release", sample_id_max: int = 100):
+    """``client_id, guid, install_day``: eligible item add-ons of each client's latest row.
+
+    Client filter (SPEC §7.4), ``sample_id < sample_id_max``, each client's latest
+    row in the window; a GUID listed twice keeps its latest ``install_day``.
+    """
+    from pyspark.sql import functions as F
+
+    keep = client_filter_column(channel) & (F.col("sample_id") < F.lit(sample_id_max))
+    latest = latest_row_per_client(daily.where(keep).select("client_id", "submission_date", "active_addons"))
+    valid = F.filter(F.coalesce(F.col("active_addons"), F.array()),
+                     lambda a: eligible_column(a, whitelist=sorted(guids)))
+    exploded = latest.select("client_id", F.explode(valid).alias("a"))
+    return (exploded.groupBy("client_id", F.col("a.addon_id").alias("guid"))
+            .agg(F.max("a.install_day").alias("install_day")))
+
+
+def index_interactions(pairs, guids, seed: int):
+    """``user, item, install_day, user_hash`` with dense indices (SPEC §8.9 step 2).
+
+    ``item`` is the position of the GUID in ``guids`` (sorted), ``user`` the rank
+    of the client id among all clients (0-based), ``user_hash`` =
+    ``xxhash64(seed, client_id)``. The client id goes no further than this.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    spark = pairs.sparkSession
+    items = spark.createDataFrame(list(enumerate(guids)), "item int, guid string")
+    # One ordered window over the distinct client ids: a single partition, but only one short column.
+    users = (pairs.select("client_id").distinct()
+             .withColumn("user", (F.row_number().over(Window.orderBy("client_id")) - 1).cast("int"))
+             .withColumn("user_hash", xxhash_order(seed, F.col("client_id"))))
+    return (pairs.join(F.broadcast(items), "guid").join(users, "client_id")
+            .select("user", "item", "install_day", "user_hash"))
+
+
+# --------------------------------------------------------------------------- artifacts (driver)
+
+
+def build_artifacts(items: list[Item], factors: np.ndarray, known: np.ndarray) -> dict:
+    """``{"item_matrix": [...], "addon_mapping": {...}}`` for the items that have factors, in GUID order."""
+    matrix, mapping = [], {}
+    for j, item in enumerate(items):
+        if not known[j]:
+            continue
+        matrix.append({"id": item.item_id, "features": [float(x) for x in factors[j]]})
+        mapping[str(item.item_id)] = {"id": item.guid, "name": item.name, "isWebextension": True}
+    return {"item_matrix": matrix, "addon_mapping": mapping}
+
+
+def spark_path(uri: str, *parts: str) -> str:
+    """A path under the ETL store for Spark: absolute for local directories, the URI itself for gs://."""
+    base = uri if "://" in uri else os.path.abspath(uri)
+    return "/".join([base.rstrip("/"), *parts])
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def run(options, fit=None) -> None:
+    """The whole job; ``fit`` is the ALS trainer (default :func:`taar_etl.als.fit_als`)."""
+    fit = fit or als.fit_als
+    grid = check_options(options)
+    day = f"{options.date:%Y%m%d}"
+    store = open_model_store(options.model_store)
+    whitelist, _ = read_input_artifact(store, "whitelist", options.date, options.allow_latest_inputs)
+    amo_db, _ = read_input_artifact(store, "amo_database", options.date, options.allow_latest_inputs)
+    items = catalogue_items(whitelist, amo_db, options.on_collision)
+    if not items:
+        raise JobFailed(f"no item: none of the {len(whitelist)} whitelisted GUIDs is an AMO webextension "
+                        "with a unique item id")
+    guids = [i.guid for i in items]
+    checkpoints = spark_path(options.etl_store, "checkpoints", ETL_NAME, day)
+    start, end = window(options.date, options.window_days)
+    with job_session(JOB, options.spark_master, options.shuffle_partitions, checkpoints) as spark:
+        daily = read_source(spark, options, "clients_daily", list(SOURCE_COLUMNS), start, end)
+        indexed = index_interactions(client_items(daily, guids, options.channel, options.sample_id_max),
+                                     guids, options.seed).cache()
+        try:
+            outcome = train_and_evaluate(indexed, items, grid, options, fit)
+        finally:
+            indexed.unpersist()
+        publish_outcome(store, outcome, options)  # archiving the model needs the session
+
+
+@dataclass
+class Outcome:
+    """What :func:`train_and_evaluate` hands to publishing."""
+
+    items: list
+    final: als.FittedAls
+    counts: dict
+    selection: list
+    test_metrics: dict
+
+
+def train_and_evaluate(indexed, items, grid, options, fit) -> Outcome:
+    """Holdout, grid search, gate, refit (SPEC §8.9 steps 3-7); raises GateRefused below popularity."""
+    from pyspark.sql import functions as F
+
+    n_items, k = len(items), options.eval_k
+    n_interactions = indexed.count()
+    if n_interactions == 0:
+        raise JobFailed(f"no interaction: no client in the {options.window_days}-day window has an eligible item")
+    train, holdout = als.leave_last_out(indexed, options.seed, options.eval_users)
+    train = train.cache()
+    try:
+        sets = als.collect_eval_sets(train, holdout, n_items)
+        validation, test = sets.get("validation"), sets.get("test")
+        if test is None:
+            raise JobFailed("no test user: no client has two or more eligible items, the model cannot be gated")
+        popularity = als.item_counts(train, n_items)
+        fit_options = {"max_iter": options.max_iter, "seed": options.seed,
+                       "checkpoint_interval": options.checkpoint_interval, "num_blocks": options.num_blocks}
+        best, selection = als.grid_search(train, grid, validation, n_items=n_items, k=k, fit=fit, **fit_options)
+        counts = {"items": n_items, "items_trained": int(best.known_items.sum()),
+                  "clients": indexed.select("user").distinct().count(), "interactions": n_interactions,
+                  "training_interactions": int(popularity.sum()),
+                  "validation_users": len(validation) if validation is not None else 0, "test_users": len(test)}
+    finally:
+        train.unpersist()
+    candidates = best.known_items
+    curves = {"collaborative": als.evaluate_curves(test, als.item_sum_scorer(best.item_factors), k, candidates),
+              "popularity": als.evaluate_curves(test, als.popularity_scorer(popularity), k, candidates)}
+    model, baseline = at_k(curves["collaborative"], k), at_k(curves["popularity"], k)
+    logger.info("ALS %s on test users: %s; popularity: %s", best.params.as_dict(), model, baseline,
+                extra={"fields": {"counts": counts}})
+    if not passes_gate(model[f"ndcg@{k}"], baseline[f"ndcg@{k}"]):
+        best.release()
+        write_refusal_report(options, counts, selection, best.params, curves)
+        raise GateRefused(f"test ndcg@{k}", model[f"ndcg@{k}"], baseline[f"ndcg@{k}"], what="ALS model")
+    final = best
+    if options.refit_full:
+        best.release()
+        everything = indexed.select("user", "item", F.lit(1.0).cast("float").alias("rating"))
+        final = fit(everything, best.params, n_items=n_items, **fit_options)
+    test_metrics = sidecar_evaluation(k, model, {"popularity": baseline})
+    return Outcome(items, final, counts, selection, test_metrics)
+
+
+def parameters(options) -> dict:
+    return {name: getattr(options, name) for name in (
+        "window_days", "sample_id_max", "grid", "rank", "reg_param", "alpha", "max_iter", "checkpoint_interval",
+        "num_blocks", "eval_k", "eval_users", "on_collision", "refit_full", "channel")}
+
+
+def write_refusal_report(options, counts, selection, params, curves) -> None:
+    """The refused run's report in ``<etl-store>/reports/collaborative/<YYYYMMDD>/`` (SPEC §9.2)."""
+    k = options.eval_k
+    report = {"job": JOB, "date": options.date.isoformat(), "seed": options.seed,
+              "package_version": taar.__version__, "decision": "refused", "parameters": parameters(options),
+              "selected": params.as_dict(), "counts": counts, "grid": selection}
+    rows = tuple((str(r["params"]), *(r["validation"][f"{m}@{k}"] if r["validation"] else None
+                                      for m in ("hr", "ndcg"))) for r in selection)
+    grid_table = Table("Validation metrics per ALS configuration", ("params", f"hr@{k}", f"ndcg@{k}"), rows)
+    reason = (f"test NDCG@{k} {curves['collaborative']['ndcg'][k - 1]:.4f} < popularity "
+              f"{curves['popularity']['ndcg'][k - 1]:.4f}")
+    write_evaluation_report(open_model_store(options.etl_store), f"reports/{ETL_NAME}/{options.date:%Y%m%d}",
+                            report, curves, k, title=f"TAAR collaborative evaluation {options.date} (refused)",
+                            summary=[("decision", "refused"), ("reason", reason)], extra_tables=[grid_table])
+
+
+def publish_outcome(store, outcome: Outcome, options) -> None:
+    """Archive the model, publish the collaborative group, then the metrics sidecar."""
+    final = outcome.final
+    models = build_artifacts(outcome.items, final.item_factors, final.known_items)
+    if not models["item_matrix"]:
+        raise JobFailed("empty output: no item has ALS factors")
+    if options.archive_model:
+        path = spark_path(options.etl_store, "archive", ETL_NAME, f"{options.date:%Y%m%d}", "als_model")
+        final.model.write().overwrite().save(path)
+        logger.info("archived the ALS model at %s", path)
+    producer = producer_tag(JOB)
+    publish_group(store, models, options.date, producer, options.force_latest)
+    params = {**parameters(options), "selected": final.params.as_dict(), "grid_results": outcome.selection}
+    outputs = {"item_matrix_rows": len(models["item_matrix"]), "rank": final.params.rank}
+    sidecar = metrics_sidecar(JOB, options.date, options.seed, params, outcome.counts, outputs,
+                              outcome.test_metrics)
+    publish_metrics(store, JOB, METRICS_PREFIX, sidecar, options.date, producer, options.force_latest)
+    final.release()
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = build_parser().parse_args(argv)
+    return run_job(run, options, JOB)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
