@@ -47,26 +47,16 @@ NDCG_DECIMALS = 12  # NDCG values equal to this precision count as tied
 
 def pick_target(addons, whitelist) -> str | None:
     """Newest eligible curated add-on by ``install_day`` (null = oldest), ties GUID ascending."""
-    best = None
+    best_key, best = None, None
     for a in addons or ():
         a = a.asDict() if hasattr(a, "asDict") else a
         if not is_eligible(a, whitelist=whitelist):
             continue
         day = a.get("install_day")
-        key = (-math.inf if day is None else day, _Desc(a["addon_id"]))
-        if best is None or key > best[0]:
-            best = (key, a["addon_id"])
-    return None if best is None else best[1]
-
-
-class _Desc(str):
-    """A string that sorts in reverse, so ``max`` prefers the smallest GUID on ties."""
-
-    def __lt__(self, other):
-        return str.__gt__(self, other)
-
-    def __gt__(self, other):
-        return str.__lt__(self, other)
+        key = (math.inf if day is None else -day, a["addon_id"])  # smallest key wins
+        if best_key is None or key < best_key:
+            best_key, best = key, a["addon_id"]
+    return best
 
 
 def client_example(row: Mapping, whitelist) -> tuple[dict, str, list[str]] | None:
