@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from taar.storage import open_model_store, read_artifact
+from taar_etl import sources
 from taar_etl.taar_lite_guidranking import main, rank_rows, rank_table, ranking_sql
 
 pytestmark = pytest.mark.unit
@@ -96,3 +97,20 @@ def test_a_missing_partition_fails(tmp_path):
     source = tmp_path / "telemetry"
     write_partition(source, D - dt.timedelta(days=1), ROWS)
     assert main(["--date", "2026-05-10", "--source", str(source), "--model-store", str(tmp_path / "m")]) == 1
+
+
+def test_bq_source_runs_the_aggregation_server_side(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_query(sql, params, project=None):  # stands in for BigQuery at the Storage Read boundary
+        calls.append((sql, params, project))
+        return pa.table({"addon_id": ["b@x", None, "a@x", "null"], "installs": [2, 5, 7, 1]})
+
+    monkeypatch.setattr(sources, "query", fake_query)
+    models = tmp_path / "models"
+    argv = ["--date", "2026-05-10", "--source", "bq", "--model-store", str(models), "--bq-project", "billing",
+            "--bq-tables", '{"addons": "my-project.telemetry.addons_v2"}']
+    assert main(argv) == 0
+    assert calls == [(ranking_sql("my-project.telemetry.addons_v2", "release"), {"date": D, "channel": "release"},
+                      "billing")]
+    assert read_artifact(open_model_store(str(models)), "ranking")[0] == {"a@x": 7, "b@x": 2}

@@ -227,8 +227,8 @@ def test_bigtable_load_creates_the_table_and_reload_is_idempotent(staged, synthe
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Connecting to Bigtable emulator")
         client = bigtable.Client(project=project, admin=True)
-    families = client.instance(instance).table(table).list_column_families()
-    client.close()
+        families = client.instance(instance).table(table).list_column_families()
+        client.close()
     assert families["profile"].gc_rule.to_pb() == gc_rule().to_pb()
 
 
@@ -302,3 +302,39 @@ def test_spark_engine_stages_and_loads_what_the_local_engine_does(spark, staged,
     assert {k: decode_payload(p) for k, p in spark_staging.rows()} == local
     store = open_profile_store(uri)
     assert all(decode_payload(store.get(k, 1.0)) == v for k, v in local.items())
+
+
+# --------------------------------------------------------------------------- thin boundaries
+
+
+def test_bq_reads_select_the_columns_and_dates(monkeypatch):
+    import pyarrow as pa
+
+    calls = []
+    monkeypatch.setattr(sources, "query", lambda sql, params, project=None: calls.append((sql, params, project))
+                        or pa.table({"client_id": ["x"]}))
+    start = D - dt.timedelta(days=29)
+    table = sources.read_table("bq", "deletion_request", ["client_id"], start, D, project="billing",
+                               tables=sources.bq_tables('{"deletion_request": "p.d.deletions"}'))
+    assert table.num_rows == 1
+    assert calls == [("SELECT client_id FROM `p.d.deletions` WHERE DATE(submission_timestamp) BETWEEN @start "
+                      "AND @end", {"start": start, "end": D}, "billing")]
+
+
+def test_the_dataproc_driver_defaults_to_the_spark_engine(monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    import taar_etl.taar_profile_bigtable as job
+
+    seen = []
+    monkeypatch.setattr(job, "main", lambda argv: seen.append(argv) or 0)
+    path = Path(__file__).parents[2] / "jobs" / "taar_profile_bigtable.py"
+    spec = importlib.util.spec_from_file_location("driver", path)
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)  # importing the driver runs nothing
+    assert seen == []
+    assert driver.main(["--date", "2026-11-20", "--steps", "load"]) == 0
+    assert driver.main(["--engine=local", "--date", "2026-11-20"]) == 0
+    assert seen == [["--engine", "spark", "--date", "2026-11-20", "--steps", "load"],
+                    ["--engine=local", "--date", "2026-11-20"]]
