@@ -203,7 +203,8 @@ class Staging:
     def for_options(cls, o) -> Staging:
         if o.staging:
             parent, _, leaf = o.staging.rstrip("/").rpartition("/")
-            if not parent or not leaf or parent in ("gs:", "gs:/"):
+            parent = parent or "."
+            if not leaf or parent in ("gs:", "gs:/"):
                 raise UsageError(f"--staging {o.staging!r} must name a directory inside a store")
             return cls(parent, leaf)
         return cls(o.etl_store, f"taar_profile/{o.date:%Y%m%d}")

@@ -118,3 +118,52 @@ def test_first_create_date_prefers_the_oldest_version_file():
 def test_bad_flags_are_usage_errors(tmp_path):
     code, _ = run_dump(tmp_path, "http://127.0.0.1:9", "--page-size", "51")
     assert code == 2
+
+
+def test_bounded_map_limits_concurrency_and_stops_at_the_first_error():
+    import threading
+    import time
+
+    from taar_etl.parallel import bounded_map
+
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def work(i):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.005)
+        with lock:
+            running[0] -= 1
+        if i == 5:
+            raise ValueError("item 5")
+        return i * i
+
+    assert sorted(bounded_map(work, [1, 2, 3, 4], workers=3)) == [1, 4, 9, 16]
+    started = []
+
+    def items():
+        for i in range(1000):
+            started.append(i)
+            yield i
+
+    with pytest.raises(ValueError, match="item 5"):
+        list(bounded_map(work, items(), workers=2, in_flight=4))
+    assert peak[0] <= 3 and len(started) < 20  # items are drawn lazily and the rest are never submitted
+
+
+def test_progress_logs_at_most_once_per_interval(caplog):
+    import logging
+
+    from taar_etl.parallel import Progress
+
+    now = [0.0]
+    progress = Progress("pages", total=10, interval_s=3.0, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="taar_etl.parallel"):
+        for _ in range(10):
+            now[0] += 1.0
+            progress.advance()
+        progress.finish()
+    # clock 1..10 s: logs when 3 s have passed since the last log, i.e. at 3, 6 and 9 s, then the final line
+    assert [r.fields["done"] for r in caplog.records] == [3, 6, 9, 10]
+    assert caplog.records[0].fields["eta_s"] == 7.0  # 7 pages left at 1 page/s
