@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -201,8 +202,15 @@ class DagRunResult:
         return "\n".join(lines)
 
 
+#: A line ``dags test`` logged for a task's subprocess output: ``<time> [<level>] <line> [...SubprocessHook] ...``.
+_SUBPROCESS_LINE = re.compile(r"^\S+ \[\s*\w+\s*\] (?P<line>.*?) \[airflow\.task\.hooks\.\S*SubprocessHook\]")
+
+
 def task_output(log_path: Path, task_id: str, max_lines: int = 40) -> list[str]:
-    """The last ``max_lines`` lines ``dags test`` logged while running ``task_id`` (its last attempt)."""
+    """The last ``max_lines`` lines the job of ``task_id`` printed (its last attempt), from a ``dags test`` log.
+
+    When the task ran no subprocess (a sensor), its whole log block is returned instead.
+    """
     start, end = f"[DAG TEST] starting task_id={task_id} ", f"[DAG TEST] end task task_id={task_id} "
     block: list[str] = []
     inside = False
@@ -216,8 +224,9 @@ def task_output(log_path: Path, task_id: str, max_lines: int = 40) -> list[str]:
         elif end in line:
             inside = False
         elif inside:
-            block.append(line[:400])
-    return block[-max_lines:]
+            block.append(line)
+    job_lines = [m.group("line") for m in map(_SUBPROCESS_LINE.match, block) if m]
+    return [line[:500] for line in (job_lines or block)[-max_lines:]]
 
 
 def _utc_db_time(moment: dt.datetime) -> str:

@@ -297,3 +297,23 @@ def test_layout_paths_are_absolute(tmp_path, monkeypatch):
     layout = Layout.at("var")
     assert layout.models == tmp_path.resolve() / "var" / "models"
     assert os.path.isabs(layout.airflow_home)
+
+
+@pytest.mark.unit
+def test_task_output_keeps_the_job_lines_of_the_last_attempt(tmp_path):
+    hook = "[airflow.task.hooks.airflow.providers.standard.hooks.subprocess.SubprocessHook] loc=subprocess.py:106"
+    log = tmp_path / "run.log"
+    log.write_text("\n".join([
+        "t0 [info     ] [DAG TEST] starting task_id=locale map_index=-1 [airflow.sdk.definitions.dag]",
+        f"t1 [info     ] first attempt {hook}",
+        "t2 [info     ] [DAG TEST] end task task_id=locale map_index=-1 [airflow.sdk.definitions.dag]",
+        "t3 [info     ] [DAG TEST] starting task_id=locale map_index=-1 [airflow.sdk.definitions.dag]",
+        "t4 [info     ] Task started [airflow.api_fastapi.execution_api.routes.task_instances] loc=x.py:1",
+        f"t5 [info     ] {{\"message\": \"no curated add-on\"}} {hook}",
+        "t6 [error    ] Task failed with exception [task] loc=task_runner.py:1651",
+        "t7 [info     ] [DAG TEST] end task task_id=locale map_index=-1 [airflow.sdk.definitions.dag]",
+        f"t8 [info     ] another task {hook}",
+    ]))
+    assert task_output(log, "locale") == ['{"message": "no curated add-on"}']
+    assert task_output(log, "similarity") == []
+    assert task_output(tmp_path / "missing.log", "locale") == []
