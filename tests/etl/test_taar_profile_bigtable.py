@@ -291,15 +291,19 @@ def test_spark_sampling_equals_python(spark):
 
 
 @pytest.mark.spark
-def test_spark_engine_stages_and_loads_what_the_local_engine_does(spark, staged, synthetic_small, tmp_path):
+def test_spark_engine_stages_and_loads_what_the_local_engine_does(spark, synthetic_small, tmp_path):
+    sampled = ["--sample-rate", "0.5", "--seed", "7"]  # the Spark sampling column against the Python one
+    assert main(args(synthetic_small, tmp_path / "local", "sqlite:///unused.sqlite3", "--steps", "extract",
+                     *sampled)) == 0
+    local = {k: decode_payload(p) for k, p in Staging(str(tmp_path / "local"), "taar_profile/20261120").rows()}
     uri = f"sqlite:///{tmp_path / 'p.sqlite3'}"
     spark_args = args(synthetic_small, tmp_path / "etl", uri, "--steps", "extract,load", "--engine", "spark",
-                      "--spark-master", "local[2]", "--parallelism", "2")
+                      "--spark-master", "local[2]", "--parallelism", "2", *sampled)
     assert main(spark_args) == 0
-    local = {k: decode_payload(p) for k, p in staged_rows(staged).items()}
     spark_staging = Staging(str(tmp_path / "etl"), f"taar_profile/{D:%Y%m%d}")
     assert spark_staging.manifest()["rows"] == len(local)
     assert {k: decode_payload(p) for k, p in spark_staging.rows()} == local
+    assert 0.4 < len(local) / len(day_rows(synthetic_small)) < 0.6
     store = open_profile_store(uri)
     assert all(decode_payload(store.get(k, 1.0)) == v for k, v in local.items())
 
