@@ -1,0 +1,285 @@
+"""jobs/taar_collaborative.py (SPEC §8.9): hand-built transforms, then whole runs on synthetic data."""
+
+import dataclasses
+import datetime as dt
+import functools
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+
+from jobs import taar_collaborative as job
+from taar import artifacts
+from taar.codecs import decode
+from taar.hashing import item_id
+from taar.recommenders import build_engine
+from taar.storage import open_model_store, producer_tag, publish, read_artifact
+from taar_etl import als
+from taar_etl.amo import with_first_create_date
+from taar_etl.cli import ValidationError, run_job
+from taar_etl.fake_amo import Catalogue, render_addon
+from tests.spark.parquet_builders import addon, client_row, write_tables
+from tests.spark.test_spark_io import py_xxhash
+
+pytestmark = pytest.mark.spark
+
+D = dt.date(2026, 3, 31)  # 90-day window: [2026-01-01, 2026-03-31]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
+
+
+# --------------------------------------------------------------------------- items
+
+
+def _amo_record(guid, name=None, webext=True):
+    record = {"guid": guid, "default_locale": "en-US", "current_version": {"files": [{"is_webextension": webext}]},
+              "first_create_date": "2020-01-01T00:00:00Z"}
+    if name:
+        record["name"] = {"en-US": name}
+    return record
+
+
+AMO = {g: _amo_record(g, name, webext) for g, name, webext in [
+    ("a@x", "Alpha", True), ("b@x", None, True), ("n@x", "Legacy", False), ("d@x", "Delta", True),
+    ("Aa", "Aa", True), ("BB", "BB", True),
+]}
+
+
+def test_items_are_whitelisted_amo_webextensions_in_guid_order():
+    # "Aa" and "BB" share Java hashCode 2112 (65·31 + 97 = 66·31 + 66): both dropped.
+    # n@x is not a webextension, d@x is not whitelisted, z@x is not in AMO.
+    items = job.catalogue_items(["n@x", "b@x", "Aa", "z@x", "a@x", "BB"], AMO)
+    assert items == [job.Item("a@x", item_id("a@x"), "Alpha"), job.Item("b@x", item_id("b@x"), "Unknown")]
+
+
+def test_item_id_collision_fails_the_run_on_request():
+    assert item_id("Aa") == item_id("BB") == 2112
+    with pytest.raises(ValidationError, match="Aa, BB"):
+        job.catalogue_items(["Aa", "BB", "a@x"], AMO, on_collision="fail")
+
+
+def test_artifacts_skip_items_without_factors_and_pass_the_group_validator():
+    items = [job.Item("a@x", 11, "Alpha"), job.Item("b@x", 22, "Unknown"), job.Item("c@x", 33, "Gamma")]
+    factors = np.array([[0.5, -1.0], [0.0, 0.0], [np.float32(0.1), 2.0]])
+    models = job.build_artifacts(items, factors, np.array([True, False, True]))
+    assert models == {
+        "item_matrix": [{"id": 11, "features": [0.5, -1.0]},
+                        {"id": 33, "features": [float(np.float32(0.1)), 2.0]}],
+        "addon_mapping": {"11": {"id": "a@x", "name": "Alpha", "isWebextension": True},
+                          "33": {"id": "c@x", "name": "Gamma", "isWebextension": True}},
+    }
+    artifacts.validate_group("collaborative", models)
+
+
+# --------------------------------------------------------------------------- interactions (Spark)
+
+ROWS = [
+    client_row("c1", "2026-01-10", active_addons=[addon("c@x")]),  # older row of c1: ignored
+    client_row("c1", "2026-03-30", active_addons=[addon("a@x", install_day=100), addon("b@x", install_day=101),
+                                                  addon("z@x")]),  # z@x is not an item
+    client_row("c2", "2026-03-30", sample_id=60, active_addons=[addon("a@x")]),  # sampled out (60 >= 50)
+    client_row("c3", "2026-03-30", normalized_channel="beta", active_addons=[addon("a@x")]),
+    client_row("c4", "2026-02-01", active_addons=[addon("a@x", user_disabled=True), addon("b@x", install_day=7)]),
+    client_row("c5", "2026-03-31", active_addons=[addon("a@x", install_day=5), addon("a@x", install_day=9)]),
+    client_row("c6", "2025-12-31", active_addons=[addon("a@x")]),  # before the window
+    client_row("c7", "2026-03-31", active_addons=None),
+    client_row("c8", "2026-04-01", active_addons=[addon("a@x")]),  # after D
+]
+GUIDS = ["a@x", "b@x", "c@x"]
+
+
+@pytest.fixture(scope="module")
+def daily(spark, tmp_path_factory):
+    from taar_etl.spark_io import read_table
+
+    root = write_tables(tmp_path_factory.mktemp("telemetry"), clients_daily=ROWS)
+    return read_table(spark, root, "clients_daily", list(job.SOURCE_COLUMNS), *job.window(D, 90))
+
+
+def test_client_items_of_the_latest_sampled_filtered_rows(daily):
+    got = sorted(tuple(r) for r in job.client_items(daily, GUIDS, sample_id_max=50)
+                 .select("client_id", "guid", "install_day").collect())
+    # c1: a (100), b (101) from its latest row; c4: b only (a is disabled); c5: a twice -> latest day 9
+    assert got == [("c1", "a@x", 100), ("c1", "b@x", 101), ("c4", "b@x", 7), ("c5", "a@x", 9)]
+
+
+def test_index_interactions_numbers_clients_and_items_densely(daily):
+    pairs = job.client_items(daily, GUIDS, sample_id_max=50)
+    got = sorted(tuple(r) for r in job.index_interactions(pairs, GUIDS, seed=5).collect())
+    # clients c1 < c4 < c5 -> users 0, 1, 2; items in GUID order: a@x 0, b@x 1
+    h = {c: py_xxhash(5, c) for c in ("c1", "c4", "c5")}
+    assert got == [(0, 0, 100, h["c1"]), (0, 1, 101, h["c1"]), (1, 1, 7, h["c4"]), (2, 0, 9, h["c5"])]
+
+
+# --------------------------------------------------------------------------- whole runs on synthetic data
+
+SMALL = ["--grid", "none", "--rank", "8", "--max-iter", "5", "--checkpoint-interval", "2"]
+
+
+def publish_inputs(store_dir, amo_dir, date, whitelist=None):
+    """The whitelist and amo_database the job reads, built from a synthetic AMO catalogue."""
+    catalogue = Catalogue(amo_dir)
+    db = {r["guid"]: with_first_create_date(render_addon(r, "v4", "http://amo.test"), r["versions"][0]["created"])
+          for r in catalogue.served["v4"]}
+    if whitelist is None:
+        whitelist = sorted({e.get("guid") for e in catalogue.editorial} - {None, "", "null"})
+    store = open_model_store(str(store_dir))
+    publish(store, "amo_database", db, date, producer_tag("test"))
+    publish(store, "whitelist", whitelist, date, producer_tag("test"))
+    return store
+
+
+@pytest.fixture(scope="module")
+def inputs(synthetic_small, tmp_path_factory):
+    root = tmp_path_factory.mktemp("collab_inputs") / "models"
+    publish_inputs(root, synthetic_small.amo, synthetic_small.end_date)
+    return root
+
+
+def run_main(synthetic_small, models, etl, *extra, fit=None):
+    argv = ["--date", synthetic_small.end_date.isoformat(), "--model-store", str(models), "--etl-store", str(etl),
+            "--source", str(synthetic_small.telemetry), *SMALL, *extra]
+    if fit is None:
+        return job.main(argv)
+    return run_job(functools.partial(job.run, fit=fit), job.build_parser().parse_args(argv), job.JOB)
+
+
+def dated_bytes(models, key, date):
+    store = open_model_store(str(models))
+    name = artifacts.metrics_artifact(job.JOB, job.METRICS_PREFIX).dated_name(date) if key == "metrics" \
+        else artifacts.get(key).dated_name(date)
+    return store.read_bytes(name)
+
+
+@pytest.fixture(scope="module")
+def first_run(spark, synthetic_small, inputs, tmp_path_factory):
+    root = tmp_path_factory.mktemp("collab_run1")
+    models, etl = root / "models", root / "etl"
+    shutil.copytree(inputs, models)
+    code = run_main(synthetic_small, models, etl)
+    return code, models, etl
+
+
+def test_first_run_publishes(first_run):
+    assert first_run[0] == 0
+
+
+def test_planted_structure_beats_popularity_on_the_holdout(first_run, synthetic_small):
+    _, models, _ = first_run
+    sidecar = decode(dated_bytes(models, "metrics", synthetic_small.end_date), "x.bz2")
+    ev = sidecar["evaluation"]
+    assert ev["protocol"] == "leave-last-out" and ev["k"] == 10 and ev["n_users"] > 300
+    model, popularity = ev["model"], ev["baselines"]["popularity"]
+    # the clusters planted by the generator make co-installation predictive: clearly above popularity
+    assert model["hr@10"] >= popularity["hr@10"] + 0.1
+    assert model["ndcg@10"] > popularity["ndcg@10"]
+    assert sidecar["params"]["selected"] == {"rank": 8, "reg_param": 0.1, "alpha": 10.0}
+    assert sidecar["inputs"]["test_users"] == ev["n_users"]
+
+
+def test_artifacts_round_trip_into_the_service_recommender(first_run, synthetic_small):
+    _, models, _ = first_run
+    store = open_model_store(str(models))
+    loaded = {}
+    for key in ("item_matrix", "addon_mapping"):
+        obj, descriptor = read_artifact(store, key)
+        assert descriptor.version == f"{synthetic_small.end_date:%Y%m%d}"
+        loaded[key] = artifacts.normalise(key, obj)
+    artifacts.validate_group("collaborative", loaded)
+    whitelist, _ = read_artifact(store, "whitelist")
+    mapping = loaded["addon_mapping"]
+    assert {v["id"] for v in mapping.values()} <= set(whitelist)
+    assert all(len(row["features"]) == 8 for row in loaded["item_matrix"])
+    engine = build_engine(loaded)
+    installed = [mapping[str(row["id"])]["id"] for row in loaded["item_matrix"][:3]]
+    recs = engine.collaborative.recommend({"installed_addons": installed}, 5)
+    assert len(recs) == 5
+    assert not {g for g, _ in recs} & set(installed)
+
+
+def test_spark_model_is_archived_in_the_etl_store(first_run, synthetic_small):
+    _, _, etl = first_run
+    archive = etl / "archive" / "collaborative" / f"{synthetic_small.end_date:%Y%m%d}" / "als_model"
+    assert (archive / "metadata").is_dir() and (archive / "itemFactors").is_dir()
+    metadata = json.loads(next((archive / "metadata").glob("part-*")).read_text().splitlines()[0])
+    assert metadata["class"] == "org.apache.spark.ml.recommendation.ALSModel" and metadata["rank"] == 8
+
+
+def test_rerun_with_other_partitioning_gives_byte_identical_artifacts(first_run, synthetic_small, inputs,
+                                                                      tmp_path):
+    _, first_models, _ = first_run
+    models = tmp_path / "models"
+    shutil.copytree(inputs, models)
+    assert run_main(synthetic_small, models, tmp_path / "etl", "--shuffle-partitions", "3",
+                    "--no-archive-model") == 0
+    for key in ("item_matrix", "addon_mapping", "metrics"):
+        assert dated_bytes(models, key, synthetic_small.end_date) == \
+            dated_bytes(first_models, key, synthetic_small.end_date), key
+
+
+def shuffled_fit(*args, **kwargs):
+    """A deliberately broken trainer: real ALS, then item factor rows permuted across items."""
+    fitted = als.fit_als(*args, **kwargs)
+    order = np.random.Generator(np.random.PCG64(0)).permutation(fitted.item_factors.shape[0])
+    return dataclasses.replace(fitted, item_factors=fitted.item_factors[order])
+
+
+def test_broken_model_is_refused_and_latest_stays(first_run, synthetic_small, tmp_path):
+    _, first_models, _ = first_run
+    models, etl = tmp_path / "models", tmp_path / "etl"
+    shutil.copytree(first_models, models)
+    store = open_model_store(str(models))
+    names = [artifacts.get(k).name for k in ("item_matrix", "addon_mapping")]
+    before = {n: (store.read_bytes(n), store.stat(n).generation) for n in names}
+
+    assert run_main(synthetic_small, models, etl, fit=shuffled_fit) == 3
+
+    assert {n: (store.read_bytes(n), store.stat(n).generation) for n in names} == before
+    report_dir = etl / "reports" / "collaborative" / f"{synthetic_small.end_date:%Y%m%d}"
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["decision"] == "refused"
+    curves = report["curves"]
+    assert curves["collaborative"]["ndcg"][9] < curves["popularity"]["ndcg"][9]
+    assert (report_dir / "report.html").is_file()
+    assert not (etl / "archive").exists()
+
+
+def test_empty_window_fails_loudly_and_publishes_nothing(synthetic_small, tmp_path):
+    models = tmp_path / "models"
+    old = dt.date(2020, 1, 1)  # no telemetry in the 90 days ending here
+    publish_inputs(models, synthetic_small.amo, old)
+    argv = ["--date", old.isoformat(), "--model-store", str(models), "--etl-store", str(tmp_path / "etl"),
+            "--source", str(synthetic_small.telemetry), *SMALL]
+    assert job.main(argv) == 1
+    assert open_model_store(str(models)).stat(artifacts.get("item_matrix").name) is None
+
+
+def test_missing_dated_inputs_fail(synthetic_small, tmp_path):
+    assert run_main(synthetic_small, tmp_path / "models", tmp_path / "etl") == 1
+
+
+def test_colliding_item_ids_fail_with_exit_3_on_request(synthetic_small, tmp_path):
+    models = tmp_path / "models"
+    store = open_model_store(str(models))
+    publish(store, "amo_database", {g: AMO[g] for g in ("Aa", "BB")}, synthetic_small.end_date, producer_tag("t"))
+    publish(store, "whitelist", ["Aa", "BB"], synthetic_small.end_date, producer_tag("t"))
+    assert run_main(synthetic_small, models, tmp_path / "etl", "--on-collision", "fail") == 3
+    assert run_main(synthetic_small, models, tmp_path / "etl") == 1  # both dropped: no item left
+
+
+@pytest.mark.parametrize("flag,value", [("--grid", "rank=x"), ("--eval-k", "0"), ("--sample-id-max", "101"),
+                                        ("--checkpoint-interval", "0"), ("--on-collision", "keep")])
+def test_bad_flags_exit_2(synthetic_small, tmp_path, flag, value):
+    try:
+        code = run_main(synthetic_small, tmp_path / "models", tmp_path / "etl", flag, value)
+    except SystemExit as exc:  # argparse rejects choices while parsing, with exit status 2
+        code = exc.code
+    assert code == 2
