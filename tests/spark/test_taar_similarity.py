@@ -4,6 +4,7 @@ import datetime as dt
 import hashlib
 import logging
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -212,6 +213,21 @@ def test_one_cluster_only_fails(spark, tmp_path):
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     return write_tables(tmp_path_factory.mktemp("telemetry"), clients_last_seen=_three_groups())
+
+
+def test_build_model_publishes_exactly_num_donors_in_proportion(spark, source):
+    from taar_etl.spark_io import read_table
+
+    last_seen = read_table(spark, source, "clients_last_seen", list(job.SOURCE_COLUMNS), D, D)
+    donors, curves, stats = job.build_similarity_model(last_seen, WHITELIST, seed=2, num_clusters=3,
+                                                       num_donors=10, num_pdf_points=50)
+    # three clusters of 8: shares 10 * 8 / 24 = 3.33 each -> floors 3 + 3 + 3, the leftover to the
+    # smallest cluster id -> 4, 3, 3
+    assert len(donors) == 10 and len(curves) == 50
+    assert sorted(stats["inputs"]["cluster_sizes"].values()) == [8, 8, 8]
+    assert sorted(Counter(d["locale"] for d in donors).values()) == [3, 3, 4]
+    assert list(stats["outputs"]["donor_quotas"].values()) == [4, 3, 3]
+    artifacts.validate_group("similarity", {"donors": donors, "lr_curves": curves})
 
 
 def _argv(store, source, *extra):
