@@ -122,6 +122,8 @@ def select_candidates(last_seen, whitelist, min_addons=3, max_raw_addons=99, cha
 def cluster_clients(candidates, num_clusters, seed):
     """Add an integer ``cluster`` column: HashingTF -> IDF -> BisectingKMeans (seeded).
 
+    The result is cached; the caller unpersists it.
+
     Between IDF and the clustering a ``VectorSlicer`` keeps only the hashed dimensions
     that occur in the data (IDF ``docFreq > 0``, at most one per whitelist GUID).
     Every point is zero elsewhere, so distances and the k-means objective are those of
@@ -135,10 +137,14 @@ def cluster_clients(candidates, num_clusters, seed):
     idf = IDF(inputCol="_tf", outputCol="_tfidf", minDocFreq=1).fit(tf)
     used = [i for i, n in enumerate(idf.docFreq) if n > 0]
     features = VectorSlicer(inputCol="_tfidf", outputCol="_features", indices=used) \
-        .transform(idf.transform(tf))
-    kmeans = BisectingKMeans(k=num_clusters, seed=seed, featuresCol="_features", predictionCol="cluster")
-    model = kmeans.fit(features)
-    return model.transform(features).drop("_tf", "_tfidf", "_features")
+        .transform(idf.transform(tf)).drop("_tf", "_tfidf").cache()  # k-means passes over it ~100 times
+    try:
+        kmeans = BisectingKMeans(k=num_clusters, seed=seed, featuresCol="_features", predictionCol="cluster")
+        clustered = kmeans.fit(features).transform(features).drop("_features").cache()
+        clustered.count()
+    finally:
+        features.unpersist()
+    return clustered
 
 
 def select_donors(clustered, quotas, seed):
@@ -266,7 +272,7 @@ def build_similarity_model(last_seen, whitelist, *, seed, num_clusters=20, num_d
         n_candidates = candidates.count()
         if n_candidates == 0:
             raise JobFailed(f"no clients_last_seen client has >= {min_addons} eligible curated add-ons")
-        clustered = cluster_clients(candidates, num_clusters, seed).cache()
+        clustered = cluster_clients(candidates, num_clusters, seed)
         try:
             sizes = {int(r["cluster"]): int(r["count"]) for r in clustered.groupBy("cluster").count().collect()}
             if n_candidates < num_donors:

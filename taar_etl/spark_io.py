@@ -8,8 +8,10 @@ the reader selects only the requested columns and filters on the
 The helpers below are shared by every Spark job so they select and sample the
 same way: :func:`job_session` (reuse an active session, stop only one it made),
 :func:`xxhash_order` (seeded ordering key instead of ``rand()``),
-:func:`sample_clients`, :func:`latest_row_per_client` and
-:func:`read_input_artifact` (dated input artifacts of the same DAG run).
+:func:`sample_clients`, :func:`latest_row_per_client`,
+:func:`read_input_artifact` (dated input artifacts of the same DAG run),
+:func:`add_source_arguments` / :func:`read_source` (``--bq-table`` overrides and
+the views' materialisation dataset) and :func:`metrics_sidecar` (SPEC §9.3).
 """
 
 from __future__ import annotations
