@@ -139,3 +139,26 @@ def test_read_input_artifact_missing_dated_copy_fails_naming_it(store):
 def test_read_input_artifact_falls_back_to_latest_only_when_allowed(store):
     obj, descriptor = read_input_artifact(store, "whitelist", D, allow_latest=True)
     assert obj == ["a@x", "b@x"] and descriptor.version == "20260303"
+
+
+def test_bq_table_overrides_and_their_usage_errors():
+    import argparse
+
+    from taar_etl.cli import UsageError
+    from taar_etl.spark_io import BQ_TABLES, add_source_arguments, bq_tables_from
+
+    parser = add_source_arguments(argparse.ArgumentParser())
+    options = parser.parse_args(["--bq-table", "clients_daily=p.d.cd", "--bq-materialization-dataset", "tmp"])
+    assert bq_tables_from(options) == BQ_TABLES | {"clients_daily": "p.d.cd"}
+    assert options.bq_materialization_dataset == "tmp"
+    for bad in ("clients_daily", "nope=p.d.t", "clients_daily="):
+        with pytest.raises(UsageError, match="--bq-table"):
+            bq_tables_from(parser.parse_args(["--bq-table", bad]))
+
+
+def test_metrics_sidecar_document():
+    from taar_etl.spark_io import metrics_sidecar
+
+    doc = metrics_sidecar("taar_x", D, 7, {"k": 1}, {"clients": 3}, {"rows": 2})
+    assert doc["job"] == "taar_x" and doc["date"] == "2026-03-04" and doc["seed"] == 7
+    assert doc["evaluation"] is None and doc["params"] == {"k": 1} and doc["package_version"]
