@@ -147,3 +147,13 @@ def test_main_without_the_dated_amo_database_fails(tmp_path, source, capsys):
 @pytest.mark.parametrize("flag, value", [("--k-anonymity", "0"), ("--min-addons", "1"), ("--sample-rate", "0")])
 def test_bad_parameters_are_usage_errors(tmp_path, source, flag, value):
     assert job.main(_argv(_store(tmp_path / "models"), source, flag, value)) == 2
+
+
+def test_runs_as_a_script_with_help():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(job.__file__)
+    done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=script.parent)
+    assert done.returncode == 0 and "--date" in done.stdout and "Exit codes" not in done.stderr

@@ -225,3 +225,13 @@ def test_main_fails_loudly_on_a_write_error(store, source, tmp_path):
 
 def test_bad_epsilon_is_a_usage_error(store, source):
     assert job.main(_argv(store, source, "--epsilon", "0")) == 2
+
+
+def test_runs_as_a_script_with_help():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(job.__file__)
+    done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=script.parent)
+    assert done.returncode == 0 and "--date" in done.stdout and "Exit codes" not in done.stderr

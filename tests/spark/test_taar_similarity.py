@@ -278,3 +278,13 @@ def test_main_fails_loudly_on_an_empty_input(tmp_path, source, capsys):
 def test_too_few_donors_is_a_usage_error(tmp_path, source):
     s = open_model_store(str(tmp_path / "models"))
     assert job.main(_argv(s, source, "--num-donors", "99")) == 2
+
+
+def test_runs_as_a_script_with_help():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(job.__file__)
+    done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=script.parent)
+    assert done.returncode == 0 and "--date" in done.stdout and "Exit codes" not in done.stderr
