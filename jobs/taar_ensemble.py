@@ -34,6 +34,7 @@ import functools
 import logging
 import math
 import sys
+import time
 
 import numpy as np
 
@@ -239,21 +240,26 @@ def run(options) -> None:
     whitelist = models["whitelist"]
     vocab = vocabulary(models)
     engine = build_engine(models, model_versions={key: d.version for key, d in descriptors.items()})
+    started = time.monotonic()
     with job_session(JOB, options.spark_master, options.shuffle_partitions) as spark:
         clients, counts = select_clients(spark, options, frozenset(whitelist))
         blocks = score_clients(spark, clients, engine, {g: i for i, g in enumerate(vocab)}, whitelist,
                                options.candidates)
+    durations = {"select_and_score_s": round(time.monotonic() - started, 3)}
+    started = time.monotonic()
     data = ev.merge_blocks(blocks)
     if data.n == 0:
         raise JobFailed(f"no client of clients_last_seen {options.date} has >= {options.min_addons} eligible "
                         f"curated add-ons after sampling at {options.sample_rate}")
     result = evaluate(data, vocab, whitelist, current, k)
+    durations["search_and_evaluate_s"] = round(time.monotonic() - started, 3)
     curves = result["curves"]
     decision, reason = decide(curves, k, options.min_improvement)
     counts.update({"clients_evaluated": data.n, "train": result["train"].n, "validation": result["val"].n,
                    "can_recommend": {r: int(data.can[r].sum()) for r in ENSEMBLE_MEMBERS},
                    "validation_target_listed": result["target_listed"], "unknown_guids": data.unknown_guids})
-    logger.info("ensemble %s: %s", decision, reason, extra={"fields": {"counts": counts, "decision": decision}})
+    logger.info("ensemble %s: %s", decision, reason,
+                extra={"fields": {"counts": counts, "decision": decision, "durations": durations}})
 
     producer = producer_tag(JOB)
     published_weights = {"published": result["new"], "kept": result["current"]}.get(decision)
