@@ -47,6 +47,8 @@ EXTRA_ARGS = {
     "update_whitelist": "--min-size 20",
     "locale": "--min-locale-clients 20",
     "ensemble": "--sample-rate 1.0",
+    # a synthetic client is active ~3 days in 90: one day of co-installations is too thin for TAARlite
+    "lite_guidguid": "--days 28",
 }
 #: Bound on one DAG run: far above a normal run, well below the production retry delays.
 DAG_TIMEOUT_S = 1200

@@ -275,7 +275,7 @@ def test_demo_exits_2_on_a_bad_setting(monkeypatch, capsys):
     (3_000_000, {"ensemble": "--sample-rate 0.00166667"}),
 ])
 def test_demo_scales_job_thresholds_to_the_data(clients, expected):
-    assert demo.extra_args_for(clients) == expected
+    assert demo.extra_args_for(clients) == {"lite_guidguid": "--days 28", **expected}
 
 
 @pytest.mark.unit
