@@ -1,7 +1,7 @@
 """jobs/taar_ensemble.py end to end on synthetic telemetry (SPEC §8.10, §9.2, §13 Q2).
 
 The models the ensemble evaluates are built once per run from ``synthetic_small``
-(:mod:`synthetic_models`: small numpy versions of the daily jobs carrying the
+(:mod:`tests.spark.synthetic_models`: small numpy versions of the daily jobs carrying the
 planted clusters, locales and popularity) and published into a base store; each
 scenario copies that store and runs the job's ``main(argv)`` on the shared
 ``local[2]`` session.
@@ -11,18 +11,14 @@ import datetime as dt
 import io
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
+from jobs import taar_ensemble
 from taar import codecs
 from taar.storage import open_model_store, producer_tag, publish, read_artifact
-
-sys.path.insert(0, str(Path(__file__).parent))
-from synthetic_models import broken_models, build_models, publish_models  # noqa: E402
-
-from jobs import taar_ensemble  # noqa: E402
+from tests.spark.synthetic_models import broken_models, build_models, publish_models
 
 pytestmark = pytest.mark.spark
 
