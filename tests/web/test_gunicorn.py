@@ -38,7 +38,7 @@ def test_config_follows_the_environment(monkeypatch):
     conf = importlib.reload(conf)
     assert (conf.bind, conf.workers, conf.threads) == ("0.0.0.0:9123", 3, 5)
     assert (conf.worker_class, conf.preload_app, conf.accesslog) == ("gthread", True, None)
-    assert callable(conf.post_fork)
+    assert callable(conf.post_fork) and callable(conf.pre_fork)
 
 
 def get_json(url: str, timeout: float = 5.0):
