@@ -12,7 +12,8 @@ timed twice: the wall clock of its process (JVM start included) and the job's ow
 (target: T(1M) <= 12 x T(100k)). Results go to ``./var/bench/jobs.json``.
 
 Collaborative: ``bench/jobs_collaborative.py`` (owned by the collaborative job)
-provides ``run(...)``; :func:`bench_collaborative` calls it when that module exists.
+provides ``run(...)``; :func:`bench_collaborative` calls it once for all sizes when
+that module exists (it also measures Q1 on MovieLens-100k unless ``--no-movielens``).
 """
 
 from __future__ import annotations
@@ -112,12 +113,12 @@ def bench_job(job: str, telemetry: Path, models: Path, etl: Path, date: dt.date,
             "job_s": job_duration(log_path), "log": str(log_path)}
 
 
-def bench_collaborative(clients: int, telemetry: Path, models: Path, etl: Path, date: dt.date, master: str,
-                        seed: int, log_dir: Path) -> dict | None:
+def bench_collaborative(sizes, work_dir: Path, movielens: bool = True) -> dict[int, dict] | None:
     """Slot for the collaborative job: ``bench.jobs_collaborative.run(...)`` when that module exists.
 
-    Contract: ``run(clients=, telemetry=, model_store=, etl_store=, date=, master=, seed=, log_dir=)``
-    returns a dict with at least ``job``, ``ok``, ``wall_s`` (and optionally ``job_s``).
+    That module generates its own inputs, times ``jobs/taar_collaborative.py`` at each
+    size (and, with ``movielens``, measures Q1 on MovieLens-100k), prints its figures
+    and saves ``var/bench/jobs_collaborative.json``. Its runtimes join the table here.
     """
     try:
         module = importlib.import_module("bench.jobs_collaborative")
@@ -126,8 +127,9 @@ def bench_collaborative(clients: int, telemetry: Path, models: Path, etl: Path, 
             raise
         print("  collaborative: bench/jobs_collaborative.py not present, skipped")
         return None
-    return module.run(clients=clients, telemetry=telemetry, model_store=models, etl_store=etl, date=date,
-                      master=master, seed=seed, log_dir=log_dir)
+    results = module.run(sizes=tuple(sizes), workdir=str(work_dir / "collaborative"), movielens=movielens)
+    return {r["clients"]: {"job": "collaborative", "ok": r["exit_code"] == 0, "wall_s": r["seconds"],
+                           "job_s": None, "log": None} for r in results.get("runtime", [])}
 
 
 def print_table(results: dict[int, list[dict]]) -> list[dict]:
@@ -168,6 +170,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--master", default="local[2]", help="Spark master of every job")
     p.add_argument("--work-dir", type=Path, default=REPO / "var" / "bench" / "jobs", help="data and stores")
+    p.add_argument("--no-movielens", action="store_true", help="skip the collaborative MovieLens-100k part")
     p.add_argument("--out", type=Path, default=REPO / "var" / "bench" / "jobs.json", help="results file")
     args = p.parse_args(argv)
     wanted = [j for j in args.jobs.split(",") if j]
@@ -176,21 +179,23 @@ def main(argv=None) -> int:
         p.error(f"unknown jobs {sorted(unknown)}")
 
     results: dict[int, list[dict]] = {}
-    for n in sorted(args.clients):
+    own = [j for j in wanted if j in JOBS]
+    for n in sorted(args.clients) if own else ():
         work = args.work_dir / f"clients-{n}"
         print(f"== {n:,} clients ({work})")
         telemetry, amo = prepare_data(work, n, args.date, args.seed)
         models, etl, logs = work / "models", work / "etl", work / "logs"
         publish_inputs(amo, models, args.date, logs)
         results[n] = []
-        for job in wanted:
-            if job == "collaborative":
-                r = bench_collaborative(n, telemetry, models, etl, args.date, args.master, args.seed, logs)
-            else:
-                r = bench_job(job, telemetry, models, etl, args.date, args.master, args.seed, logs)
-            if r is not None:
-                print(f"  {r['job']}: wall {r['wall_s']} s, job {r.get('job_s')} s{'' if r['ok'] else ' FAILED'}")
-                results[n].append(r)
+        for job in own:
+            r = bench_job(job, telemetry, models, etl, args.date, args.master, args.seed, logs)
+            print(f"  {r['job']}: wall {r['wall_s']} s, job {r.get('job_s')} s{'' if r['ok'] else ' FAILED'}")
+            results[n].append(r)
+    if "collaborative" in wanted:
+        print("== collaborative (bench/jobs_collaborative.py)")
+        collaborative = bench_collaborative(sorted(args.clients), args.work_dir, not args.no_movielens)
+        for n, r in (collaborative or {}).items():
+            results.setdefault(n, []).append(r)
     summary = print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"date": args.date.isoformat(), "master": args.master, "seed": args.seed,
