@@ -146,7 +146,7 @@ def print_table(results: dict[int, list[dict]]) -> list[dict]:
         line = job.ljust(16)
         for n in sizes:
             r = next((r for r in results[n] if r["job"] == job), None)
-            cell = "-" if r is None else ("failed" if not r["ok"] else f"{r['wall_s']:.1f} / {r.get('job_s') or 0:.1f}")
+            cell = "-" if r is None else ("failed" if not r["ok"] else f"{r['wall_s']:.1f} / {r['job_s'] if r.get('job_s') is not None else '-'}")
             line += f"{cell:>26}"
             row[str(n)] = r
         if len(sizes) > 1:
