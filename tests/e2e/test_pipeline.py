@@ -20,7 +20,6 @@ import datetime as dt
 import hashlib
 import re
 
-import pyarrow.compute as pc
 import pytest
 
 from taar import artifacts
@@ -216,10 +215,11 @@ def source_profiles(pipeline) -> dict[str, list[str]]:
     start = date - dt.timedelta(days=29)
     deleted = {r["client_id"] for r in deletions if start <= r["submission_date"] <= date}
     seen = read_table(root, "clients_last_seen", ["client_id", "app_name", "active_addons", "submission_date"])
-    seen = seen.filter(pc.equal(seen["submission_date"], pc.scalar(date)))
     expected = {}
     for row in seen.to_pylist():
         cid = row["client_id"]
+        if row["submission_date"] != date:
+            continue
         if cid is None or row["app_name"] != "Firefox" or not row["active_addons"] or cid in deleted:
             continue
         expected[hash_client_id(cid)] = [a["addon_id"] for a in row["active_addons"]]
@@ -355,6 +355,7 @@ def test_rerun_of_the_same_date_publishes_identical_artifacts(succeeded):
     store = succeeded.store
     before = dated_objects(store, succeeded.stamp)
     profiles_before = stored_keys(succeeded)
+    weights_before = read_artifact(store, "ensemble_weights")[0]
     # every catalogue artifact and every metrics sidecar has its dated copy
     expected = {a.dated_name(succeeded.date) for a in artifacts.CATALOGUE.values()}
     expected |= {artifacts.metrics_artifact(j, p).dated_name(succeeded.date) for j, p in METRICS_JOBS.items()}
@@ -363,6 +364,13 @@ def test_rerun_of_the_same_date_publishes_identical_artifacts(succeeded):
         result = succeeded.run(dag_id)
         assert result.ok, explain(result)
     after = dated_objects(store, succeeded.stamp)
+    # The ensemble's sidecar records its decision, which must change: the first run had no weights to
+    # compare with and published; the rerun finds its own weights and keeps them (SPEC §8.10 step 8).
+    ensemble_sidecar = artifacts.metrics_artifact("taar_ensemble", METRICS_JOBS["taar_ensemble"])
+    sidecar = read_artifact(store, ensemble_sidecar, date=succeeded.date)[0]
+    assert sidecar["outputs"]["decision"] == "kept"
+    assert {"ensemble_weights": sidecar["outputs"]["ensemble_weights"]} == weights_before
+    del before[ensemble_sidecar.dated_name(succeeded.date)], after[ensemble_sidecar.dated_name(succeeded.date)]
     assert after == before
     assert all(digest == meta for digest, meta in after.values())  # metadata matches the bytes
     assert stored_keys(succeeded) == profiles_before
