@@ -1,4 +1,8 @@
-"""jobs/taar_lite_guidguid.py (SPEC §8.8) on hand-built clients_daily rows."""
+"""jobs/taar_lite_guidguid.py (SPEC §8.8) on hand-built clients_daily rows.
+
+Tests that run ``main(argv)`` as far as Spark take the shared ``spark`` fixture, so
+the job's ``job_session`` reuses that session instead of starting a second JVM.
+"""
 
 import datetime as dt
 import logging
@@ -115,7 +119,7 @@ def _store(path):
     return s
 
 
-def test_main_publishes_a_loadable_model_identically_across_partitionings(tmp_path, source):
+def test_main_publishes_a_loadable_model_identically_across_partitionings(spark, tmp_path, source):
     stores = []
     for n in (1, 4):
         s = _store(tmp_path / f"models-{n}")
@@ -130,7 +134,7 @@ def test_main_publishes_a_loadable_model_identically_across_partitionings(tmp_pa
     assert {g for g, _ in engine.guid_based.recommend("a@x", limit=4)} == {"b@x", "c@x", "d@x"}
 
 
-def test_main_fails_loudly_on_an_empty_window(tmp_path, source, capsys):
+def test_main_fails_loudly_on_an_empty_window(spark, tmp_path, source, capsys):
     s = _store(tmp_path / "models")
     assert job.main(_argv(s, source, "--date", "2026-05-01", "--allow-latest-inputs")) == 1
     assert "no sampled client" in capsys.readouterr().out

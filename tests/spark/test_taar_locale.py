@@ -1,4 +1,8 @@
-"""jobs/taar_locale.py (SPEC §8.6) on hand-built clients_daily rows."""
+"""jobs/taar_locale.py (SPEC §8.6) on hand-built clients_daily rows.
+
+Tests that run ``main(argv)`` as far as Spark take the shared ``spark`` fixture, so
+the job's ``job_session`` reuses that session instead of starting a second JVM.
+"""
 
 import datetime as dt
 import logging
@@ -182,7 +186,7 @@ def _argv(store, source, *extra):
             "--min-locale-clients", "1", *extra]
 
 
-def test_main_publishes_a_model_the_service_loads_and_is_idempotent_across_partitionings(tmp_path, source):
+def test_main_publishes_a_model_the_service_loads_and_is_idempotent_across_partitionings(spark, tmp_path, source):
     stores = []
     for n in (1, 4):
         s = open_model_store(str(tmp_path / f"models-{n}"))
@@ -203,7 +207,7 @@ def test_main_publishes_a_model_the_service_loads_and_is_idempotent_across_parti
     assert sidecar["evaluation"] is None and sidecar["seed"] == 9 and sidecar["inputs"]["clients"] == 6
 
 
-def test_main_fails_loudly_on_an_empty_window(store, source, capsys):
+def test_main_fails_loudly_on_an_empty_window(spark, store, source, capsys):
     code = job.main(_argv(store, source, "--date", "2026-06-30", "--allow-latest-inputs"))
     assert code == 1
     assert "passed the client filter" in capsys.readouterr().out
@@ -217,7 +221,7 @@ def test_main_fails_without_the_dated_whitelist(tmp_path, source, capsys):
     assert "whitelist" in capsys.readouterr().out
 
 
-def test_main_fails_loudly_on_a_write_error(store, source, tmp_path):
+def test_main_fails_loudly_on_a_write_error(spark, store, source, tmp_path):
     (tmp_path / "models" / "taar").mkdir(parents=True)
     (tmp_path / "models" / "taar" / "locale").write_text("a file where the artifact directory should be")
     assert job.main(_argv(store, source, "--no-noise")) == 1

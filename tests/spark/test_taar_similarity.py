@@ -1,4 +1,8 @@
-"""jobs/taar_similarity.py (SPEC §8.7): candidates, clustering, donor quotas and selection, LR curves."""
+"""jobs/taar_similarity.py (SPEC §8.7): candidates, clustering, donor quotas and selection, LR curves.
+
+Tests that run ``main(argv)`` as far as Spark take the shared ``spark`` fixture, so
+the job's ``job_session`` reuses that session instead of starting a second JVM.
+"""
 
 import datetime as dt
 import hashlib
@@ -235,7 +239,7 @@ def _argv(store, source, *extra):
             "--num-clusters", "3", "--num-donors", "100", "--num-pdf-points", "200", *extra]
 
 
-def test_main_publishes_loadable_donors_and_curves_identically_across_partitionings(tmp_path, source):
+def test_main_publishes_loadable_donors_and_curves_identically_across_partitionings(spark, tmp_path, source):
     stores = []
     for n in (1, 4):
         s = open_model_store(str(tmp_path / f"models-{n}"))
@@ -267,7 +271,7 @@ def test_main_publishes_loadable_donors_and_curves_identically_across_partitioni
     assert sidecar["evaluation"] is None and sidecar["outputs"]["donors"] == 24
 
 
-def test_main_fails_loudly_on_an_empty_input(tmp_path, source, capsys):
+def test_main_fails_loudly_on_an_empty_input(spark, tmp_path, source, capsys):
     s = open_model_store(str(tmp_path / "models"))
     publish(s, "whitelist", WHITELIST, D, producer_tag("test"))
     assert job.main(_argv(s, source, "--channel", "nightly")) == 1
