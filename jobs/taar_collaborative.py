@@ -161,10 +161,15 @@ def client_items(daily, guids, channel: str = "release", sample_id_max: int = 10
     from pyspark.sql import functions as F
 
     keep = client_filter_column(channel) & (F.col("sample_id") < F.lit(sample_id_max))
-    latest = latest_row_per_client(daily.where(keep).select("client_id", "submission_date", "active_addons"))
     valid = F.filter(F.coalesce(F.col("active_addons"), F.array()),
                      lambda a: eligible_column(a, whitelist=sorted(guids)))
-    exploded = latest.select("client_id", F.explode(valid).alias("a"))
+    # Narrow each row to its eligible (addon_id, install_day) pairs before the per-client shuffle that
+    # picks the latest row: rows without any still count as a client's latest row.
+    narrow = daily.where(keep).select(
+        "client_id", "submission_date",
+        F.transform(valid, lambda a: F.struct(a["addon_id"].alias("addon_id"),
+                                              a["install_day"].alias("install_day"))).alias("items"))
+    exploded = latest_row_per_client(narrow).select("client_id", F.explode("items").alias("a"))
     return (exploded.groupBy("client_id", F.col("a.addon_id").alias("guid"))
             .agg(F.max("a.install_day").alias("install_day")))
 
@@ -257,7 +262,7 @@ def train_and_evaluate(indexed, items, grid, options, fit) -> Outcome:
     n_interactions = indexed.count()
     if n_interactions == 0:
         raise JobFailed(f"no interaction: no client in the {options.window_days}-day window has an eligible item")
-    train, holdout = als.leave_last_out(indexed, options.seed, options.eval_users)
+    train, holdout = als.leave_last_out(indexed, options.eval_users)
     train = train.cache()
     try:
         sets = als.collect_eval_sets(train, holdout, n_items)

@@ -99,7 +99,7 @@ def parse_grid(spec: str, rank: int, reg_param: float, alpha: float) -> tuple[Al
 # --------------------------------------------------------------------------- Spark: holdout
 
 
-def leave_last_out(interactions, seed: int, eval_users: int, key_col: str = "user_hash",
+def leave_last_out(interactions, eval_users: int, key_col: str = "user_hash",
                    order_col: str = "install_day"):
     """Hold out each user's newest item and pick the evaluation users (SPEC §8.9 step 3).
 
