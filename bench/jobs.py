@@ -132,6 +132,10 @@ def bench_collaborative(sizes, work_dir: Path, movielens: bool = True) -> dict[i
                            "job_s": None, "log": None} for r in results.get("runtime", [])}
 
 
+def _secs(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def print_table(results: dict[int, list[dict]]) -> list[dict]:
     """Per job: seconds at each size and the scaling ratio largest / smallest."""
     sizes = sorted(results)
@@ -146,7 +150,7 @@ def print_table(results: dict[int, list[dict]]) -> list[dict]:
         line = job.ljust(16)
         for n in sizes:
             r = next((r for r in results[n] if r["job"] == job), None)
-            cell = "-" if r is None else ("failed" if not r["ok"] else f"{r['wall_s']:.1f} / {r['job_s'] if r.get('job_s') is not None else '-'}")
+            cell = "-" if r is None else ("failed" if not r["ok"] else f"{r['wall_s']:.1f} / {_secs(r.get('job_s'))}")
             line += f"{cell:>26}"
             row[str(n)] = r
         if len(sizes) > 1:
