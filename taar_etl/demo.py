@@ -237,7 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _interrupt)  # a supervisor's stop cleans up like Ctrl-C
+    # Ctrl-C and a supervisor's stop both clean up; SIGINT is set explicitly because a process
+    # started in the background inherits it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     layout = Layout.at(args.root)
     layout.logs.mkdir(parents=True, exist_ok=True)
     print(f"TAAR demo: {clients} synthetic clients, logical date {date}, everything under {layout.root}", flush=True)
