@@ -252,27 +252,31 @@ def test_broken_model_is_refused_and_latest_stays(first_run, synthetic_small, tm
     assert not (etl / "archive").exists()
 
 
-def test_empty_window_fails_loudly_and_publishes_nothing(synthetic_small, tmp_path):
+def test_empty_window_fails_loudly_and_publishes_nothing(spark, synthetic_small, tmp_path, capsys):
     models = tmp_path / "models"
     old = dt.date(2020, 1, 1)  # no telemetry in the 90 days ending here
     publish_inputs(models, synthetic_small.amo, old)
     argv = ["--date", old.isoformat(), "--model-store", str(models), "--etl-store", str(tmp_path / "etl"),
             "--source", str(synthetic_small.telemetry), *SMALL]
     assert job.main(argv) == 1
+    assert "no interaction" in capsys.readouterr().out
     assert open_model_store(str(models)).stat(artifacts.get("item_matrix").name) is None
 
 
-def test_missing_dated_inputs_fail(synthetic_small, tmp_path):
+def test_missing_dated_inputs_fail(synthetic_small, tmp_path, capsys):
     assert run_main(synthetic_small, tmp_path / "models", tmp_path / "etl") == 1
+    assert "input 'whitelist' for 2026-11-20 is missing" in capsys.readouterr().out
 
 
-def test_colliding_item_ids_fail_with_exit_3_on_request(synthetic_small, tmp_path):
+def test_colliding_item_ids_fail_with_exit_3_on_request(synthetic_small, tmp_path, capsys):
     models = tmp_path / "models"
     store = open_model_store(str(models))
     publish(store, "amo_database", {g: AMO[g] for g in ("Aa", "BB")}, synthetic_small.end_date, producer_tag("t"))
     publish(store, "whitelist", ["Aa", "BB"], synthetic_small.end_date, producer_tag("t"))
     assert run_main(synthetic_small, models, tmp_path / "etl", "--on-collision", "fail") == 3
+    assert "item id collision between GUIDs (2112: Aa, BB)" in capsys.readouterr().out
     assert run_main(synthetic_small, models, tmp_path / "etl") == 1  # both dropped: no item left
+    assert "no item" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("flag,value", [("--grid", "rank=x"), ("--eval-k", "0"), ("--sample-id-max", "101"),
