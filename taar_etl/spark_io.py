@@ -20,6 +20,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import sys
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ def build_spark_session(app_name, master=None, shuffle_partitions=None, checkpoi
         builder = builder.master(master)
     if master and master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        # local Python workers must run this interpreter (the venv with pyarrow, xxhash, taar), not
+        # whatever `python3` is first on PATH
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = (
             builder.config("spark.ui.enabled", "false")
             .config("spark.ui.showConsoleProgress", "false")
