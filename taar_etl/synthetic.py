@@ -47,7 +47,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from taar_etl.synthetic_catalogue import amo_documents, build_catalogue
-from taar_etl.synthetic_clients import GROUND_TRUTH_SCHEMA, TABLE_SCHEMAS, generate_chunk
+from taar_etl.synthetic_clients import GROUND_TRUTH_SCHEMA, generate_chunk
+from taar_etl.telemetry_schema import TABLE_SCHEMAS
 
 logger = logging.getLogger(__name__)
 

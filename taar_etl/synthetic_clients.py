@@ -25,67 +25,9 @@ import pyarrow as pa
 
 from taar.hashing import hash_client_id
 from taar_etl.synthetic_catalogue import DAY_S, MAX_CITIES, OSES, Catalogue
+from taar_etl.telemetry_schema import ADDON, CLIENT_COLUMNS, TABLE_SCHEMAS
 
-ADDON = pa.struct(
-    [
-        ("addon_id", pa.string()),
-        ("blocklisted", pa.bool_()),
-        ("name", pa.string()),
-        ("user_disabled", pa.bool_()),
-        ("app_disabled", pa.bool_()),
-        ("version", pa.string()),
-        ("scope", pa.int64()),
-        ("type", pa.string()),
-        ("foreign_install", pa.bool_()),
-        ("has_binary_components", pa.bool_()),
-        ("install_day", pa.int64()),
-        ("update_day", pa.int64()),
-        ("signed_state", pa.int64()),
-        ("is_system", pa.bool_()),
-        ("is_web_extension", pa.bool_()),
-        ("multiprocess_compatible", pa.bool_()),
-    ]
-)
-_DAILY = [
-    ("client_id", pa.string()),
-    ("sample_id", pa.int64()),
-    ("app_name", pa.string()),
-    ("normalized_channel", pa.string()),
-    ("locale", pa.string()),
-    ("city", pa.string()),
-    ("os", pa.string()),
-    ("subsession_hours_sum", pa.float64()),
-    ("places_bookmarks_count_mean", pa.float64()),
-    ("scalar_parent_browser_engagement_tab_open_event_count_sum", pa.int64()),
-    ("scalar_parent_browser_engagement_total_uri_count_sum", pa.int64()),
-    ("scalar_parent_browser_engagement_unique_domains_count_mean", pa.float64()),
-    ("active_addons", pa.list_(ADDON)),
-]
-_DATE = ("submission_date", pa.date32())
 #: Full schemas of SPEC §7.2. Files omit ``submission_date``: it is the Hive partition.
-TABLE_SCHEMAS = {
-    "clients_daily": pa.schema([_DATE, *_DAILY]),
-    "clients_last_seen": pa.schema([_DATE, *_DAILY, ("days_since_seen", pa.int64())]),
-    "addons": pa.schema(
-        [
-            _DATE,
-            ("client_id", pa.string()),
-            ("sample_id", pa.int64()),
-            ("normalized_channel", pa.string()),
-            ("addon_id", pa.string()),
-            ("is_system", pa.bool_()),
-            ("user_disabled", pa.bool_()),
-            ("app_disabled", pa.bool_()),
-            ("type", pa.string()),
-            ("foreign_install", pa.bool_()),
-            ("blocklisted", pa.bool_()),
-            ("signed_state", pa.int64()),
-        ]
-    ),
-    "deletion_request": pa.schema(
-        [("submission_timestamp", pa.timestamp("us", tz="UTC")), ("client_id", pa.string())]
-    ),
-}
 GROUND_TRUTH_SCHEMA = pa.schema(
     [
         ("client_id", pa.string()),
@@ -352,7 +294,7 @@ def generate_chunk(cat: Catalogue, params, first: int, n: int, rng) -> ChunkTabl
                 rng, np.round(rb[:, 4] * noise[4], 2), rate),
             "active_addons": active,
         },
-        schema=pa.schema(_DAILY),
+        schema=pa.schema(CLIENT_COLUMNS),
     )
 
     dates = [start + dt.timedelta(days=i) for i in range(params.days)]

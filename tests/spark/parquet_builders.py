@@ -26,62 +26,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-ADDON_TYPE = pa.struct([
-    ("addon_id", pa.string()),
-    ("blocklisted", pa.bool_()),
-    ("name", pa.string()),
-    ("user_disabled", pa.bool_()),
-    ("app_disabled", pa.bool_()),
-    ("version", pa.string()),
-    ("scope", pa.int64()),
-    ("type", pa.string()),
-    ("foreign_install", pa.bool_()),
-    ("has_binary_components", pa.bool_()),
-    ("install_day", pa.int64()),
-    ("update_day", pa.int64()),
-    ("signed_state", pa.int64()),
-    ("is_system", pa.bool_()),
-    ("is_web_extension", pa.bool_()),
-    ("multiprocess_compatible", pa.bool_()),
-])
+from taar_etl.telemetry_schema import ADDON, FILE_SCHEMAS
 
-_CLIENT_COLUMNS = [
-    ("client_id", pa.string()),
-    ("sample_id", pa.int64()),
-    ("app_name", pa.string()),
-    ("normalized_channel", pa.string()),
-    ("locale", pa.string()),
-    ("city", pa.string()),
-    ("os", pa.string()),
-    ("subsession_hours_sum", pa.float64()),
-    ("places_bookmarks_count_mean", pa.float64()),
-    ("scalar_parent_browser_engagement_tab_open_event_count_sum", pa.int64()),
-    ("scalar_parent_browser_engagement_total_uri_count_sum", pa.int64()),
-    ("scalar_parent_browser_engagement_unique_domains_count_mean", pa.float64()),
-    ("active_addons", pa.list_(ADDON_TYPE)),
-]
-
+ADDON_TYPE = ADDON
 #: File schemas per table (SPEC §7.2), without the ``submission_date`` partition column.
-SCHEMAS: dict[str, pa.Schema] = {
-    "clients_daily": pa.schema(_CLIENT_COLUMNS),
-    "clients_last_seen": pa.schema([*_CLIENT_COLUMNS, ("days_since_seen", pa.int64())]),
-    "addons": pa.schema([
-        ("client_id", pa.string()),
-        ("sample_id", pa.int64()),
-        ("normalized_channel", pa.string()),
-        ("addon_id", pa.string()),
-        ("is_system", pa.bool_()),
-        ("user_disabled", pa.bool_()),
-        ("app_disabled", pa.bool_()),
-        ("type", pa.string()),
-        ("foreign_install", pa.bool_()),
-        ("blocklisted", pa.bool_()),
-        ("signed_state", pa.int64()),
-    ]),
-    "deletion_request": pa.schema([("submission_timestamp", pa.timestamp("us", tz="UTC")),
-                                   ("client_id", pa.string())]),
-}
-
+SCHEMAS = FILE_SCHEMAS
 
 def addon(addon_id: str | None, **fields) -> dict:
     """An ADDON struct that passes every rule of SPEC §7.4 unless ``fields`` say otherwise."""
