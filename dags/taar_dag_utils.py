@@ -211,7 +211,7 @@ def cluster_config(job: str) -> dict:
             "internal_ip_only": True,
             # third-party packages the jobs need beyond the Dataproc image; our own code ships as
             # python_file_uris (taar.zip) on every submit, so a cluster never runs stale code
-            "metadata": {"PIP_PACKAGES": "xxhash google-cloud-bigtable"},
+            "metadata": {"PIP_PACKAGES": "xxhash google-cloud-bigtable google-cloud-storage"},
         },
         "master_config": {"num_instances": 1, "machine_type_uri": "n2-standard-4"},
         "worker_config": {"num_instances": size["num_workers"], "machine_type_uri": machine},
