@@ -21,6 +21,11 @@ Method
     implicit ALS is fitted for every ``--grid`` configuration; the best validation
     NDCG@k wins (ties: HR@k, then the smaller rank). Evaluation scores with the
     serving formula (user vector = sum of its training item factors).
+Reproducibility
+    Same inputs, flags and ``--seed`` give byte-identical artifacts, whatever the
+    input partitioning: ALS gets its ratings in one canonical order, and
+    ``--num-blocks`` (default 2) keeps its floating-point sums order-independent
+    (see :func:`taar_etl.als.fit_als`; more blocks trade that for parallelism).
 Quality gate
     Test NDCG@k below the popularity baseline's -> refused: exit 3, nothing
     published, report under ``<etl-store>/reports/collaborative/<YYYYMMDD>/``.
