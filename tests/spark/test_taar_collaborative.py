@@ -225,6 +225,21 @@ def test_rerun_with_other_partitioning_gives_byte_identical_artifacts(first_run,
             dated_bytes(first_models, key, synthetic_small.end_date), key
 
 
+def test_explicit_grid_selects_on_validation_without_refit(spark, synthetic_small, inputs, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(inputs, models)
+    assert run_main(synthetic_small, models, tmp_path / "etl", "--grid", "rank=2,8;alpha=10",
+                    "--no-refit-full", "--no-archive-model") == 0
+    sidecar = decode(dated_bytes(models, "metrics", synthetic_small.end_date), "x.bz2")
+    results = sidecar["params"]["grid_results"]
+    assert [r["params"]["rank"] for r in results] == [2, 8]
+    best = max(results, key=lambda r: (r["validation"]["ndcg@10"], r["validation"]["hr@10"], -r["params"]["rank"]))
+    assert sidecar["params"]["selected"] == best["params"]
+    matrix, _ = read_artifact(open_model_store(str(models)), "item_matrix")
+    assert {len(row["features"]) for row in matrix} == {best["params"]["rank"]}
+    assert not (tmp_path / "etl" / "archive").exists()
+
+
 def shuffled_fit(*args, **kwargs):
     """A deliberately broken trainer: real ALS, then item factor rows permuted across items."""
     fitted = als.fit_als(*args, **kwargs)
