@@ -71,8 +71,10 @@ def configure_logging(level: str = "INFO") -> logging.Handler:
         handler = _StdoutHandler(sys.stdout)
         handler.setFormatter(MozlogFormatter(logger_name="taar"))
         handler.addFilter(RequestContextFilter())
-        logging.getLogger().addHandler(handler)
         _installed_handler = handler
+    root = logging.getLogger()
+    if _installed_handler not in root.handlers:  # someone reset the root handlers since: put ours back once
+        root.addHandler(_installed_handler)
     for name in LOGGER_NAMES:
         logging.getLogger(name).setLevel(level)
     return _installed_handler
