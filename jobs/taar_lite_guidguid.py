@@ -32,14 +32,14 @@ import logging
 import sys
 
 from taar.eligibility import client_filter_column, eligible_column
-from taar.storage import open_model_store, producer_tag, publish, publish_metrics
+from taar.storage import open_model_store, producer_tag, publish
 from taar_etl.amo import webextension_guids
 from taar_etl.cli import JobFailed, UsageError, base_parser, run_job, window
 from taar_etl.spark_io import (
     add_source_arguments,
     job_session,
     latest_row_per_client,
-    metrics_sidecar,
+    publish_job_metrics,
     read_input_artifact,
     read_source,
     sample_clients,
@@ -168,9 +168,8 @@ def run(options) -> None:
         )
     logger.info("co-installation model built", extra={"fields": stats})
     publish(store, "coinstall", model, options.date, producer_tag(JOB), options.force_latest)
-    params = {k: getattr(options, k) for k in ("days", "sample_rate", "min_addons", "k_anonymity", "channel")}
-    sidecar = metrics_sidecar(JOB, options.date, options.seed, params, stats["inputs"], stats["outputs"])
-    publish_metrics(store, JOB, METRICS_PREFIX, sidecar, options.date, producer_tag(JOB), options.force_latest)
+    sidecar_params = ("days", "sample_rate", "min_addons", "k_anonymity", "channel")
+    publish_job_metrics(store, JOB, METRICS_PREFIX, options, sidecar_params, stats)
 
 
 def main(argv: list[str] | None = None) -> int:

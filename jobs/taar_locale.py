@@ -37,13 +37,13 @@ import sys
 import numpy as np
 
 from taar.eligibility import client_filter_column, eligible_column
-from taar.storage import open_model_store, producer_tag, publish, publish_metrics
+from taar.storage import open_model_store, producer_tag, publish
 from taar_etl.cli import JobFailed, UsageError, base_parser, run_job, window
 from taar_etl.spark_io import (
     add_source_arguments,
     job_session,
     latest_row_per_client,
-    metrics_sidecar,
+    publish_job_metrics,
     read_input_artifact,
     read_source,
     xxhash_order,
@@ -216,10 +216,9 @@ def run(options) -> None:
         )
     logger.info("locale model built", extra={"fields": stats})
     publish(store, "locale", model, options.date, producer_tag(JOB), options.force_latest)
-    params = {k: getattr(options, k) for k in ("window_days", "num_addons", "epsilon", "addon_limit",
-                                                "min_locale_clients", "no_noise", "channel")}
-    sidecar = metrics_sidecar(JOB, options.date, options.seed, params, stats["inputs"], stats["outputs"])
-    publish_metrics(store, JOB, METRICS_PREFIX, sidecar, options.date, producer_tag(JOB), options.force_latest)
+    sidecar_params = ("window_days", "num_addons", "epsilon",
+                      "addon_limit", "min_locale_clients", "no_noise", "channel")
+    publish_job_metrics(store, JOB, METRICS_PREFIX, options, sidecar_params, stats)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,12 +47,12 @@ from taar.eligibility import client_filter_column, eligible_column
 from taar.profile import SOURCE_COLUMNS as PAYLOAD_SOURCE_COLUMNS
 from taar.profile import spark_payload_column
 from taar.recommenders.similarity import CATEGORICAL, CONTINUOUS, similarity_distances
-from taar.storage import open_model_store, producer_tag, publish_group, publish_metrics
+from taar.storage import open_model_store, producer_tag, publish_group
 from taar_etl.cli import JobFailed, UsageError, base_parser, run_job
 from taar_etl.spark_io import (
     add_source_arguments,
     job_session,
-    metrics_sidecar,
+    publish_job_metrics,
     read_input_artifact,
     read_source,
     xxhash_order,
@@ -322,10 +322,9 @@ def run(options) -> None:
     logger.info("similarity model built", extra={"fields": stats})
     publish_group(store, {"donors": donors, "lr_curves": curves}, options.date, producer_tag(JOB),
                   options.force_latest)
-    params = {k: getattr(options, k) for k in ("num_clusters", "num_donors", "min_addons", "max_raw_addons",
-                                                "kernel_bandwidth", "num_pdf_points", "channel")}
-    sidecar = metrics_sidecar(JOB, options.date, options.seed, params, stats["inputs"], stats["outputs"])
-    publish_metrics(store, JOB, METRICS_PREFIX, sidecar, options.date, producer_tag(JOB), options.force_latest)
+    sidecar_params = ("num_clusters", "num_donors", "min_addons",
+                      "max_raw_addons", "kernel_bandwidth", "num_pdf_points", "channel")
+    publish_job_metrics(store, JOB, METRICS_PREFIX, options, sidecar_params, stats)
 
 
 def main(argv: list[str] | None = None) -> int:

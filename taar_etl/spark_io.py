@@ -243,6 +243,17 @@ def read_source(spark, options, table, columns, start, end):
                       materialization_dataset=getattr(options, "bq_materialization_dataset", None))
 
 
+def publish_job_metrics(store, job, prefix, options, param_names, stats, evaluation=None):
+    """Publish the §9.3 sidecar of a job run: ``param_names`` are read from ``options``, counts from
+    ``stats["inputs"]``/``stats["outputs"]``."""
+    from taar.storage import producer_tag, publish_metrics
+
+    params = {k: getattr(options, k) for k in param_names}
+    sidecar = metrics_sidecar(job, options.date, options.seed, params, stats["inputs"], stats["outputs"],
+                              evaluation)
+    return publish_metrics(store, job, prefix, sidecar, options.date, producer_tag(job), options.force_latest)
+
+
 def metrics_sidecar(job, date, seed, params, inputs, outputs, evaluation=None) -> dict:
     """The SPEC §9.3 metrics sidecar document (``evaluation`` is ``None`` for jobs without one)."""
     import taar
