@@ -43,7 +43,7 @@ serve: $(STAMP)
 	$(VENV)/bin/gunicorn -c python:taar_web.gunicorn_conf taar_web.wsgi:app
 
 demo: $(STAMP)
-	$(PY) -m taar_etl.demo
+	$(PY) -m taar_dev.demo
 
 bench: $(STAMP)
 	mkdir -p var/bench

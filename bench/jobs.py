@@ -3,7 +3,7 @@
     python -m bench.jobs [--clients 100000 1000000] [--jobs locale,similarity,lite_guidguid,collaborative]
 
 For each client count: generate synthetic telemetry and an AMO catalogue
-(``taar_etl.synthetic``, reused when the manifest matches), publish the day's input
+(``taar_dev.synthetic``, reused when the manifest matches), publish the day's input
 artifacts the way the DAG does (``taar_update_whitelist`` and ``taar_amodump``
 against a loopback fake AMO), then run each job as the local DAG target does: a
 separate ``python jobs/<job>.py ... --spark-master local[2]`` process. Each job is
@@ -53,7 +53,7 @@ def prepare_data(work: Path, clients: int, date: dt.date, seed: int) -> tuple[Pa
             print(f"  reusing synthetic data in {work}")
             return telemetry, amo
     started = time.monotonic()
-    _run([sys.executable, "-m", "taar_etl.synthetic", "--out", str(telemetry), "--amo-out", str(amo),
+    _run([sys.executable, "-m", "taar_dev.synthetic", "--out", str(telemetry), "--amo-out", str(amo),
           "--clients", str(clients), "--end-date", date.isoformat(), "--seed", str(seed), "--workers", "2"],
          work / "synthetic.log")
     print(f"  generated {clients} clients in {time.monotonic() - started:.1f} s")
@@ -62,7 +62,7 @@ def prepare_data(work: Path, clients: int, date: dt.date, seed: int) -> tuple[Pa
 
 def publish_inputs(amo: Path, models: Path, date: dt.date, log_dir: Path) -> None:
     """The curated whitelist and the AMO database dated D, from a loopback fake AMO."""
-    from taar_etl.fake_amo import FakeAMO
+    from taar_dev.fake_amo import FakeAMO
 
     server = FakeAMO(amo)
     base = server.start()

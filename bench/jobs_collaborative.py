@@ -5,14 +5,14 @@ Two parts (SPEC §13 E1/E2 and Q1), both printed and saved as JSON under
 
 * **runtime** — ``jobs/taar_collaborative.py`` on 100k and 1M synthetic clients
   on ``local[2]`` with the local target's arguments (``--grid none``, default
-  rank/iterations). The synthetic telemetry (``taar_etl.synthetic``) is generated
+  rank/iterations). The synthetic telemetry (``taar_dev.synthetic``) is generated
   once per size under the work directory and reused; the ``whitelist`` and
   ``amo_database`` inputs are built from its AMO catalogue. Each run is a separate
   process, timed from start to exit.
 * **quality** — MovieLens-100k, every rating an implicit interaction, a per-user
   random 75/25 split (``PCG64(42)``), full ranking over the items outside each
   user's training set, NDCG@10 / precision@10 / HR@10 / recall@10 for the
-  :mod:`taar_etl.als` trainer and for the popularity and co-occurrence baselines
+  :mod:`taar_etl.spark.als` trainer and for the popularity and co-occurrence baselines
   of :mod:`taar.evaluation`. ALS is scored twice: with its user factors (the Q1
   protocol) and with the serving formula (sum of the user's training item
   factors, what the collaborative recommender does). The data is the
@@ -118,7 +118,7 @@ def movielens_quality(spark, path: Path, params=ML_PARAMS, max_iter: int = ML_IT
     import pandas as pd
 
     from taar import evaluation
-    from taar_etl import als
+    from taar_etl.spark import als
 
     users, items, n_users, n_items = load_interactions(path)
     train_u, train_i, tests = split_per_user(users, items, seed=seed)
@@ -149,7 +149,7 @@ def movielens_quality(spark, path: Path, params=ML_PARAMS, max_iter: int = ML_IT
 
 def movielens_grid(spark, path: Path, grid: str, max_iter: int, seed: int = 42) -> list[dict]:
     """Q1 metrics for every configuration of an explicit ``rank=..;reg=..;alpha=..`` grid (tuning aid)."""
-    from taar_etl import als
+    from taar_etl.spark import als
 
     out = []
     for p in als.parse_grid(grid, 32, 0.1, 10.0):
@@ -166,10 +166,11 @@ def movielens_grid(spark, path: Path, grid: str, max_iter: int, seed: int = 42) 
 
 def prepare_synthetic(clients: int, workdir: Path, workers: int = 2) -> Path:
     """Synthetic telemetry for ``clients`` clients plus the job's input artifacts (reused when present)."""
-    from taar.storage import open_model_store, producer_tag, publish
+    from taar.publishing import producer_tag, publish
+    from taar.storage import open_model_store
+    from taar_dev.fake_amo import Catalogue, render_addon
+    from taar_dev.synthetic import Params, generate
     from taar_etl.amo import with_first_create_date
-    from taar_etl.fake_amo import Catalogue, render_addon
-    from taar_etl.synthetic import Params, generate
 
     root = workdir / f"synthetic_{clients}"
     done = root / "ready"
@@ -229,7 +230,7 @@ def run(sizes=(100_000, 1_000_000), workdir="var/bench/collaborative", movielens
         if path is None:
             print("MovieLens-100k: skipped (recbole could not be installed)")
         else:
-            from taar_etl.spark_io import job_session
+            from taar_etl.spark.io import job_session
 
             with job_session("bench-collaborative", "local[2]", 4, str(workdir / "checkpoints")) as spark:
                 results["movielens"] = q = movielens_quality(spark, path)
@@ -270,7 +271,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="var/bench/jobs_collaborative.json", help="JSON results file")
     options, job_args = p.parse_known_args(argv)
     if options.ml_grid:
-        from taar_etl.spark_io import job_session
+        from taar_etl.spark.io import job_session
 
         path = ensure_movielens()
         if path is None:

@@ -7,7 +7,7 @@ What it does, all on 127.0.0.1:
 
 1. Models: full-size-ish synthetic ones (``bench.recommenders.synthetic_models``:
    200 whitelist GUIDs, 200 x 32 item factors, 1000 donors, a TAARlite graph over
-   2000 GUIDs), published with ``taar.storage.publish`` into ``var/bench/serve/models``
+   2000 GUIDs), published with ``taar.publishing`` into ``var/bench/serve/models``
    (``--models DIR`` serves an existing store instead, e.g. ``./var/models``).
    Profiles: ``--profiles`` synthetic clients in SQLite and in the Bigtable emulator.
 2. Run 1 (SQLite profiles): ``gunicorn -c python:taar_web.gunicorn_conf taar_web.wsgi:app``
@@ -66,7 +66,8 @@ TARGETS = {
 def publish_models(store_dir: Path, date: dt.date, seed: int = 42, perturb: int = 0) -> None:
     """Publish the synthetic models for ``date`` (``perturb`` changes the numbers, not the shapes)."""
     from bench.recommenders import synthetic_models
-    from taar.storage import open_model_store, publish, publish_group
+    from taar.publishing import publish, publish_group
+    from taar.storage import open_model_store
 
     models = synthetic_models(2000, 50, seed=seed + perturb)
     store = open_model_store(str(store_dir))
@@ -80,7 +81,8 @@ def publish_models(store_dir: Path, date: dt.date, seed: int = 42, perturb: int 
 def republish_some(store_dir: Path, date: dt.date, perturb: int) -> None:
     """A daily-pipeline-like republish: the collaborative pair, locale and TAARlite coinstall."""
     from bench.recommenders import synthetic_models
-    from taar.storage import open_model_store, publish, publish_group
+    from taar.publishing import publish, publish_group
+    from taar.storage import open_model_store
 
     models = synthetic_models(2000, 50, seed=42 + perturb)
     store = open_model_store(str(store_dir))
@@ -337,7 +339,8 @@ def per_user_paths(known: list[str], n: int = 10000, seed: int = 3) -> list[str]
 def taarlite_paths(store_dir: Path, top: int = 100) -> list[str]:
     from urllib.parse import quote
 
-    from taar.storage import open_model_store, read_artifact
+    from taar.publishing import read_artifact
+    from taar.storage import open_model_store
 
     ranking, _ = read_artifact(open_model_store(str(store_dir)), "ranking")
     popular = sorted(ranking, key=lambda g: (-ranking[g], g))[:top]
@@ -401,7 +404,8 @@ def main(argv=None) -> dict:
                      "connections": args.connections, "duration_s": args.duration, "profiles": args.profiles}
 
     # --- data
-    from taar.storage import open_model_store, read_artifact
+    from taar.publishing import read_artifact
+    from taar.storage import open_model_store
 
     started = time.perf_counter()
     if args.models is not None:

@@ -3,7 +3,7 @@
 Submitted as ``python jobs/taar_collaborative.py --date D [--spark-master local[2]] ...``
 (on Dataproc: the main file with the same arguments). It replaces the historical
 Scala job and publishes the same artifacts; the training and evaluation core is
-:mod:`taar_etl.als`, shared with ``bench/jobs_collaborative.py``.
+:mod:`taar_etl.spark.als`, shared with ``bench/jobs_collaborative.py``.
 
 Inputs
     The curated ``whitelist`` and the ``amo_database`` dated D from the model store
@@ -25,7 +25,7 @@ Reproducibility
     Same inputs, flags and ``--seed`` give byte-identical artifacts, whatever the
     input partitioning: ALS gets its ratings in one canonical order, and
     ``--num-blocks`` (default 2) keeps its floating-point sums order-independent
-    (see :func:`taar_etl.als.fit_als`; more blocks trade that for parallelism).
+    (see :func:`taar_etl.spark.als.fit_als`; more blocks trade that for parallelism).
 Quality gate
     Test NDCG@k below the popularity baseline's -> refused: exit 3, nothing
     published, report under ``<etl-store>/reports/collaborative/<YYYYMMDD>/``.
@@ -57,11 +57,13 @@ import taar
 from taar.eligibility import client_filter_column, eligible_column
 from taar.evaluation import GateRefused, at_k, passes_gate, sidecar_evaluation
 from taar.hashing import item_id
-from taar.storage import open_model_store, producer_tag, publish_group, publish_metrics
-from taar_etl import als, amo
+from taar.publishing import producer_tag, publish_group, publish_metrics
+from taar.storage import open_model_store
+from taar_etl import amo
 from taar_etl.cli import JobFailed, UsageError, ValidationError, base_parser, run_job, window
 from taar_etl.report import Table, write_evaluation_report
-from taar_etl.spark_io import (
+from taar_etl.spark import als
+from taar_etl.spark.io import (
     add_source_arguments,
     job_session,
     latest_row_per_client,
@@ -81,7 +83,7 @@ SOURCE_COLUMNS = ("client_id", "sample_id", "app_name", "normalized_channel", "a
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = base_parser("Implicit-ALS item factors for the collaborative recommender (SPEC §8.9).", spark=True,
+    p = base_parser(__doc__, spark=True,
                     prog=JOB)
     add_source_arguments(p)
     p.add_argument("--window-days", type=int, default=90, help="days of clients_daily ending at D")
@@ -94,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iter", type=int, default=20, help="ALS iterations")
     p.add_argument("--checkpoint-interval", type=int, default=5, help="ALS checkpoint interval (iterations)")
     p.add_argument("--num-blocks", type=int, default=2,
-                   help="ALS user and item blocks (<= 2 keeps reruns bit-identical, see taar_etl.als.fit_als)")
+                   help="ALS user and item blocks (<= 2 keeps reruns bit-identical, see taar_etl.spark.als.fit_als)")
     p.add_argument("--eval-k", type=int, default=10, help="cut-off k of the evaluation metrics")
     p.add_argument("--eval-users", type=int, default=50000, help="cap on validation and on test users")
     p.add_argument("--on-collision", choices=("drop", "fail"), default="drop",
@@ -223,7 +225,7 @@ def spark_path(uri: str, *parts: str) -> str:
 
 
 def run(options, fit=None) -> None:
-    """The whole job; ``fit`` is the ALS trainer (default :func:`taar_etl.als.fit_als`)."""
+    """The whole job; ``fit`` is the ALS trainer (default :func:`taar_etl.spark.als.fit_als`)."""
     fit = fit or als.fit_als
     grid = check_options(options)
     day = f"{options.date:%Y%m%d}"

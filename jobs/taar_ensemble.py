@@ -41,19 +41,13 @@ import numpy as np
 import taar
 from taar import artifacts
 from taar.evaluation import GateRefused, at_k, passes_gate, sidecar_evaluation
+from taar.publishing import producer_tag, publish, publish_metrics, read_artifact
 from taar.recommenders import ENSEMBLE_MEMBERS, build_engine
-from taar.storage import (
-    ArtifactNotFound,
-    open_model_store,
-    producer_tag,
-    publish,
-    publish_metrics,
-    read_artifact,
-)
+from taar.storage import ArtifactNotFound, open_model_store
 from taar_etl import ensemble_eval as ev
 from taar_etl.cli import JobFailed, UsageError, base_parser, run_job
 from taar_etl.report import Table, write_evaluation_report
-from taar_etl.spark_io import (
+from taar_etl.spark.io import (
     SAMPLE_BUCKETS,
     add_source_arguments,
     job_session,
@@ -72,7 +66,7 @@ NEW, CURRENT, POPULARITY = "ensemble (new)", "ensemble (current)", "popularity"
 
 
 def build_parser():
-    p = base_parser("Learn the ensemble weights on a leave-last-out holdout (SPEC §8.10).", spark=True,
+    p = base_parser(__doc__, spark=True,
                     prog="taar_ensemble")
     p.add_argument("--sample-rate", type=float, default=0.01, help="share of clients sampled by hash")
     p.add_argument("--max-clients", type=int, default=50000, help="cap on evaluated clients (smallest hashes)")

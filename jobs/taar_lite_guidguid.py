@@ -32,10 +32,11 @@ import logging
 import sys
 
 from taar.eligibility import client_filter_column, eligible_column
-from taar.storage import open_model_store, producer_tag, publish
+from taar.publishing import producer_tag, publish
+from taar.storage import open_model_store
 from taar_etl.amo import webextension_guids
 from taar_etl.cli import JobFailed, UsageError, base_parser, run_job, window
-from taar_etl.spark_io import (
+from taar_etl.spark.io import (
     add_source_arguments,
     job_session,
     latest_row_per_client,
@@ -53,7 +54,7 @@ SOURCE_COLUMNS = ("client_id", "app_name", "normalized_channel", "active_addons"
 
 
 def build_parser():
-    p = base_parser("Add-on co-installation counts for TAARlite (SPEC §8.8).", spark=True, prog=JOB)
+    p = base_parser(__doc__, spark=True, prog=JOB)
     add_source_arguments(p)
     p.add_argument("--days", type=int, default=1, help="days of clients_daily ending at D")
     p.add_argument("--sample-rate", type=float, default=1.0, help="share of clients kept (hash-based)")

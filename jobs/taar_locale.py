@@ -37,9 +37,10 @@ import sys
 import numpy as np
 
 from taar.eligibility import client_filter_column, eligible_column
-from taar.storage import open_model_store, producer_tag, publish
+from taar.publishing import producer_tag, publish
+from taar.storage import open_model_store
 from taar_etl.cli import JobFailed, UsageError, base_parser, run_job, window
-from taar_etl.spark_io import (
+from taar_etl.spark.io import (
     add_source_arguments,
     job_session,
     latest_row_per_client,
@@ -57,7 +58,7 @@ SOURCE_COLUMNS = ("client_id", "app_name", "normalized_channel", "locale", "acti
 
 
 def build_parser():
-    p = base_parser("Per-locale top curated add-ons with Laplace noise (SPEC §8.6).", spark=True, prog=JOB)
+    p = base_parser(__doc__, spark=True, prog=JOB)
     add_source_arguments(p)
     p.add_argument("--window-days", type=int, default=28, help="days of clients_daily ending at D")
     p.add_argument("--num-addons", type=int, default=10, help="add-ons kept per locale")

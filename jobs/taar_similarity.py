@@ -46,10 +46,11 @@ import numpy as np
 from taar.eligibility import client_filter_column, eligible_column
 from taar.profile import SOURCE_COLUMNS as PAYLOAD_SOURCE_COLUMNS
 from taar.profile import spark_payload_column
+from taar.publishing import producer_tag, publish_group
 from taar.recommenders.similarity import CATEGORICAL, CONTINUOUS, similarity_distances
-from taar.storage import open_model_store, producer_tag, publish_group
+from taar.storage import open_model_store
 from taar_etl.cli import JobFailed, UsageError, base_parser, run_job
-from taar_etl.spark_io import (
+from taar_etl.spark.io import (
     add_source_arguments,
     job_session,
     publish_job_metrics,
@@ -70,7 +71,7 @@ DEGENERATE_RANGE = 1e-9
 
 
 def build_parser():
-    p = base_parser("Donors and likelihood-ratio curves for the similarity recommender (SPEC §8.7).",
+    p = base_parser(__doc__,
                     spark=True, prog=JOB)
     add_source_arguments(p)
     p.add_argument("--num-clusters", type=int, default=20, help="k of BisectingKMeans")

@@ -3,7 +3,7 @@
 Two levels of checking:
 
 * :func:`validate` applies every publish rule of SPEC §2.8. Jobs call it (through
-  ``taar.storage.publish``) before a model is written; a violation raises
+  ``taar.publishing``) before a model is written; a violation raises
   :class:`ArtifactError` naming the artifact and the problem.
 * :func:`normalise` is what the service applies to whatever it finds in a bucket:
   it repairs what can be repaired (legacy donor keys, nulls, self pairs,

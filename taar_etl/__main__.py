@@ -16,7 +16,6 @@ JOBS = (
     "taar_profile_bigtable",
     "artifacts_cli",
 )
-TOOLS = ("synthetic", "fake_amo")
 
 
 def summary(module: str) -> str:
@@ -32,9 +31,6 @@ def main(out=None) -> int:
     out = out or sys.stdout
     print("TAAR container jobs (python -m taar_etl.<job> --help):", file=out)
     for module in JOBS:
-        print(f"  {module:<24} {summary(module)}", file=out)
-    print("Local tools:", file=out)
-    for module in TOOLS:
         print(f"  {module:<24} {summary(module)}", file=out)
     return 0
 

@@ -34,7 +34,7 @@ SAMPLE_ENTRIES = 5
 
 def list_artifacts(store, now: dt.datetime | None = None) -> list[dict]:
     """One row per catalogue artifact: its latest object's version, age, size and checksum."""
-    from taar.storage.publish import META_DATE, META_SHA256, UNKNOWN_VERSION
+    from taar.publishing import META_DATE, META_SHA256, UNKNOWN_VERSION
 
     now = now or dt.datetime.now(dt.UTC)
     rows = []
@@ -64,7 +64,7 @@ def summarise(obj) -> dict:
 
 
 def show_artifact(store, key: str, date: dt.date | None = None) -> dict:
-    from taar.storage import read_artifact
+    from taar.publishing import read_artifact
 
     obj, d = read_artifact(store, key, date=date)
     return {"key": key, "uri": d.uri, "version": d.version, "updated": d.updated.isoformat(), "size": d.size,
@@ -99,23 +99,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(o, out=None) -> None:
-    from taar.storage import open_model_store, rollback
+def run(options, out=None) -> None:
+    from taar.publishing import rollback
+    from taar.storage import open_model_store
 
     out = out or sys.stdout
-    store = open_model_store(o.model_store)
+    store = open_model_store(options.model_store)
     known = set(artifacts.CATALOGUE) | set(artifacts.GROUPS)
-    if o.command in ("show", "rollback") and o.key not in known:
-        raise UsageError(f"unknown artifact {o.key!r}; known: {', '.join(sorted(known))}")
-    if o.command == "list":
+    if options.command in ("show", "rollback") and options.key not in known:
+        raise UsageError(f"unknown artifact {options.key!r}; known: {', '.join(sorted(known))}")
+    if options.command == "list":
         rows = list_artifacts(store)
-        print(json.dumps(rows, indent=2) if o.json else _format_list(rows), file=out)
-    elif o.command == "show":
-        if o.key in artifacts.GROUPS:
-            raise UsageError(f"show takes an artifact key, not the group {o.key!r}")
-        print(json.dumps(show_artifact(store, o.key, o.date), indent=2, default=str), file=out)
+        print(json.dumps(rows, indent=2) if options.json else _format_list(rows), file=out)
+    elif options.command == "show":
+        if options.key in artifacts.GROUPS:
+            raise UsageError(f"show takes an artifact key, not the group {options.key!r}")
+        print(json.dumps(show_artifact(store, options.key, options.date), indent=2, default=str), file=out)
     else:
-        for r in rollback(store, o.key, o.date):
+        for r in rollback(store, options.key, options.date):
             print(f"{r.key}: {r.latest_name} <- {r.dated_name} (was {r.previous_version}, sha256 {r.sha256})",
                   file=out)
 

@@ -59,9 +59,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def base_parser(description: str, spark: bool = False, prog: str | None = None) -> argparse.ArgumentParser:
-    """Parser with the common flags of SPEC §8.0 (``spark`` adds the Spark ones)."""
-    p = _Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Flag defaults in the help, and the job's docstring as written (inputs, method, exit codes)."""
+
+
+def log_level(value: str) -> str:
+    """A :mod:`logging` level name (argparse type): an unknown name is a usage error, not a traceback."""
+    name = value.upper()
+    if not isinstance(logging.getLevelName(name), int):
+        raise argparse.ArgumentTypeError(f"unknown log level {value!r}: use DEBUG, INFO, WARNING or ERROR")
+    return name
+
+
+def base_parser(doc: str, spark: bool = False, prog: str | None = None) -> argparse.ArgumentParser:
+    """Parser with the common flags of SPEC §8.0 (``spark`` adds the Spark ones).
+
+    ``doc`` is the job's module docstring: its first line is the description and
+    the rest is printed after the flags by ``--help``.
+    """
+    summary, _, details = doc.strip().partition("\n")
+    p = _Parser(prog=prog, description=summary, epilog=details.strip() or None, formatter_class=_HelpFormatter)
     p.add_argument("--date", required=True, type=parse_date, help="logical date D (YYYY-MM-DD or YYYYMMDD)")
     p.add_argument("--model-store", default=os.environ.get("TAAR_MODEL_STORE", "./var/models"),
                    help="model store URI (directory or gs://bucket/prefix)")
@@ -70,7 +87,7 @@ def base_parser(description: str, spark: bool = False, prog: str | None = None) 
     p.add_argument("--source", default=os.environ.get("TAAR_SOURCE", "./var/telemetry"),
                    help="'bq' for BigQuery, else a local Parquet root")
     p.add_argument("--seed", type=int, default=42, help="seed of every random choice")
-    p.add_argument("--log-level", default="INFO", help="logging level")
+    p.add_argument("--log-level", default="INFO", type=log_level, help="logging level")
     p.add_argument("--force-latest", action="store_true",
                    help="replace latest objects even when D is older than their date (backfills)")
     p.add_argument("--allow-latest-inputs", action="store_true",
@@ -120,14 +137,9 @@ def configure_logging(level: str = "INFO", job: str = "", date: dt.date | None =
 def exit_code_for(exc: BaseException) -> int:
     """Map an exception to the SPEC §8.0 exit code."""
     from taar.artifacts import ArtifactError
+    from taar.evaluation import GateRefused
 
-    refused = (ValidationError, ArtifactError)
-    try:
-        from taar.evaluation import GateRefused
-
-        refused = (*refused, GateRefused)
-    except ImportError:  # evaluation not installed in this image
-        pass
+    refused = (ValidationError, ArtifactError, GateRefused)
     if isinstance(exc, UsageError):
         return EXIT_USAGE
     if isinstance(exc, refused):

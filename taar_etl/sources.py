@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from taar_etl.spark_io import BQ_TABLES, SourceError
+from taar_etl.tables import BQ_TABLES, SourceError
 
 logger = logging.getLogger(__name__)
 

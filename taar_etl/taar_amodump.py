@@ -225,7 +225,7 @@ class Crawler:
 
 
 def build_parser():
-    p = base_parser(__doc__.splitlines()[0], prog="python -m taar_etl.taar_amodump")
+    p = base_parser(__doc__, prog="python -m taar_etl.taar_amodump")
     p.add_argument("--amo-url", default=amo.DEFAULT_AMO_URL, help="AMO base URL")
     p.add_argument("--api-version", choices=amo.API_VERSIONS, default="v5", help="AMO API version")
     p.add_argument("--page-size", type=int, default=50, help="search page size (AMO max 50)")
@@ -243,29 +243,30 @@ def build_parser():
     return p
 
 
-def check_options(o) -> None:
-    if not 1 <= o.page_size <= 50:
-        raise UsageError(f"--page-size must be in [1, 50], got {o.page_size}")
-    if o.workers < 1 or o.max_window < o.page_size or o.retries < 0 or o.recrawl_passes < 0:
+def check_options(options) -> None:
+    if not 1 <= options.page_size <= 50:
+        raise UsageError(f"--page-size must be in [1, 50], got {options.page_size}")
+    if options.workers < 1 or options.max_window < options.page_size or options.retries < 0 or options.recrawl_passes < 0:
         raise UsageError("--workers >= 1, --max-window >= --page-size, --retries >= 0, --recrawl-passes >= 0")
-    if not 0 <= o.completeness_tolerance < 1 or not 0 <= o.max_missing_versions < 1:
+    if not 0 <= options.completeness_tolerance < 1 or not 0 <= options.max_missing_versions < 1:
         raise UsageError("--completeness-tolerance and --max-missing-versions must be in [0, 1)")
 
 
-def run(o) -> None:
-    from taar.storage import open_model_store, producer_tag, publish
+def run(options) -> None:
+    from taar.publishing import producer_tag, publish
+    from taar.storage import open_model_store
 
-    check_options(o)
-    client = amo.AmoClient(o.amo_url, o.api_version,
-                           amo.RetryPolicy(o.retries, o.backoff_base, o.backoff_cap, o.timeout))
-    crawler = Crawler(client, o.page_size, o.workers, o.max_window, o.completeness_tolerance,
-                      o.max_missing_versions, o.recrawl_passes, o.progress_interval)
-    records = crawler.crawl(end_of_day(o.date))
+    check_options(options)
+    client = amo.AmoClient(options.amo_url, options.api_version,
+                           amo.RetryPolicy(options.retries, options.backoff_base, options.backoff_cap, options.timeout))
+    crawler = Crawler(client, options.page_size, options.workers, options.max_window, options.completeness_tolerance,
+                      options.max_missing_versions, options.recrawl_passes, options.progress_interval)
+    records = crawler.crawl(end_of_day(options.date))
     database = crawler.add_first_create_dates(records)
     logger.info("AMO dump: %d add-ons, %d requests, %d retries", len(database), client.requests, client.retries,
                 extra={"fields": {"addons": len(database), "requests": client.requests, "retries": client.retries}})
-    store = open_model_store(o.model_store)
-    publish(store, "amo_database", database, o.date, producer_tag(JOB), o.force_latest)
+    store = open_model_store(options.model_store)
+    publish(store, "amo_database", database, options.date, producer_tag(JOB), options.force_latest)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,7 +67,8 @@ def build_views(database: Mapping[str, Mapping], date: dt.date, min_rating: floa
 
 def read_input(store, key: str, date: dt.date, allow_latest: bool):
     """The dated copy of ``key`` for ``date``; the latest one only with ``allow_latest``."""
-    from taar.storage import ArtifactNotFound, read_artifact
+    from taar.publishing import read_artifact
+    from taar.storage import ArtifactNotFound
 
     try:
         return read_artifact(store, key, date=date)
@@ -79,28 +80,29 @@ def read_input(store, key: str, date: dt.date, allow_latest: bool):
 
 
 def build_parser():
-    p = base_parser(__doc__.splitlines()[0], prog="python -m taar_etl.taar_amowhitelist")
+    p = base_parser(__doc__, prog="python -m taar_etl.taar_amowhitelist")
     p.add_argument("--min-rating", type=float, default=3.0, help="minimum AMO average rating")
     p.add_argument("--min-age-days", type=int, default=60, help="minimum age of the first file at the end of D")
     p.add_argument("--exclude-guids", default=",".join(sorted(EXCLUDED)), help="comma list of GUIDs never listed")
     return p
 
 
-def run(o) -> None:
+def run(options) -> None:
     from taar import artifacts
-    from taar.storage import open_model_store, producer_tag, publish
+    from taar.publishing import producer_tag, publish
+    from taar.storage import open_model_store
 
-    store = open_model_store(o.model_store)
-    database, descriptor = read_input(store, "amo_database", o.date, o.allow_latest_inputs)
-    excluded = {g.strip() for g in o.exclude_guids.split(",") if g.strip()}
-    views = build_views(database, o.date, o.min_rating, o.min_age_days, excluded)
+    store = open_model_store(options.model_store)
+    database, descriptor = read_input(store, "amo_database", options.date, options.allow_latest_inputs)
+    excluded = {g.strip() for g in options.exclude_guids.split(",") if g.strip()}
+    views = build_views(database, options.date, options.min_rating, options.min_age_days, excluded)
     logger.info("AMO views from %d records (%s): whitelist %d, featured %d, featured whitelist %d",
                 len(database), descriptor.version, *(len(views[k]) for k in OUTPUT_KEYS),
                 extra={"fields": {"input": len(database), **{k: len(v) for k, v in views.items()}}})
     for key in OUTPUT_KEYS:  # all three are checked before any is written
         artifacts.validate(key, views[key])
     for key in OUTPUT_KEYS:
-        publish(store, key, views[key], o.date, producer_tag(JOB), o.force_latest)
+        publish(store, key, views[key], options.date, producer_tag(JOB), options.force_latest)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,33 +91,34 @@ def ranking_sql(table: str, channel: str = "release", excluded=EXCLUDED) -> str:
             f"  AND {sql_condition(excluded=excluded)}\nGROUP BY addon_id")
 
 
-def compute_ranking(o) -> dict[str, int]:
+def compute_ranking(options) -> dict[str, int]:
     """Read D's rows from ``--source`` and aggregate them there (BigQuery) or here (pyarrow)."""
-    if o.source == "bq":
-        params = {"date": o.date} if o.channel == "all" else {"date": o.date, "channel": o.channel}
-        table = sources.query(ranking_sql(sources.bq_tables(o.bq_tables)["addons"], o.channel), params,
-                              o.bq_project)
+    if options.source == "bq":
+        params = {"date": options.date} if options.channel == "all" else {"date": options.date, "channel": options.channel}
+        table = sources.query(ranking_sql(sources.bq_tables(options.bq_tables)["addons"], options.channel), params,
+                              options.bq_project)
         return finish_ranking(zip(table.column("addon_id").to_pylist(), table.column("installs").to_pylist(),
                                   strict=True))
-    table = sources.read_table(o.source, "addons", COLUMNS, o.date, o.date)
-    logger.info("read %d addons rows for %s", table.num_rows, o.date, extra={"fields": {"rows": table.num_rows}})
-    return rank_table(table, o.channel)
+    table = sources.read_table(options.source, "addons", COLUMNS, options.date, options.date)
+    logger.info("read %d addons rows for %s", table.num_rows, options.date, extra={"fields": {"rows": table.num_rows}})
+    return rank_table(table, options.channel)
 
 
 def build_parser():
-    p = base_parser(__doc__.splitlines()[0], prog="python -m taar_etl.taar_lite_guidranking")
+    p = base_parser(__doc__, prog="python -m taar_etl.taar_lite_guidranking")
     sources.add_bq_arguments(p)
     return p
 
 
-def run(o) -> None:
-    from taar.storage import open_model_store, producer_tag, publish
+def run(options) -> None:
+    from taar.publishing import producer_tag, publish
+    from taar.storage import open_model_store
 
-    ranking = compute_ranking(o)
+    ranking = compute_ranking(options)
     if not ranking:
-        raise JobFailed(f"no eligible add-on installs in addons for {o.date} (channel {o.channel})")
+        raise JobFailed(f"no eligible add-on installs in addons for {options.date} (channel {options.channel})")
     logger.info("ranking of %d add-ons", len(ranking), extra={"fields": {"addons": len(ranking)}})
-    publish(open_model_store(o.model_store), "ranking", ranking, o.date, producer_tag(JOB), o.force_latest)
+    publish(open_model_store(options.model_store), "ranking", ranking, options.date, producer_tag(JOB), options.force_latest)
 
 
 def main(argv: list[str] | None = None) -> int:

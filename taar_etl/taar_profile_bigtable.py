@@ -200,14 +200,14 @@ class Staging:
         self.prefix = prefix.rstrip("/") + "/"
 
     @classmethod
-    def for_options(cls, o) -> Staging:
-        if o.staging:
-            parent, _, leaf = o.staging.rstrip("/").rpartition("/")
+    def for_options(cls, options) -> Staging:
+        if options.staging:
+            parent, _, leaf = options.staging.rstrip("/").rpartition("/")
             parent = parent or "."
             if not leaf or parent in ("gs:", "gs:/"):
-                raise UsageError(f"--staging {o.staging!r} must name a directory inside a store")
+                raise UsageError(f"--staging {options.staging!r} must name a directory inside a store")
             return cls(parent, leaf)
-        return cls(o.etl_store, f"taar_profile/{o.date:%Y%m%d}")
+        return cls(options.etl_store, f"taar_profile/{options.date:%Y%m%d}")
 
     @property
     def uri(self) -> str:
@@ -245,34 +245,34 @@ class Staging:
 # --------------------------------------------------------------------------- steps
 
 
-def deletion_window(o) -> tuple[dt.date, dt.date]:
-    return o.date - dt.timedelta(days=o.deletion_window_days), o.date
+def deletion_window(options) -> tuple[dt.date, dt.date]:
+    return options.date - dt.timedelta(days=options.deletion_window_days), options.date
 
 
-def opted_out_ids(o) -> set[str]:
+def opted_out_ids(options) -> set[str]:
     """Raw client ids with a deletion request in the window (kept in memory, never logged)."""
     from taar_etl import sources
 
-    start, end = deletion_window(o)
-    table = sources.read_table(o.source, "deletion_request", ["client_id"], start, end, required=False,
-                               project=o.bq_project, tables=sources.bq_tables(o.bq_tables))
+    start, end = deletion_window(options)
+    table = sources.read_table(options.source, "deletion_request", ["client_id"], start, end, required=False,
+                               project=options.bq_project, tables=sources.bq_tables(options.bq_tables))
     return {c for c in table.column("client_id").to_pylist() if c}
 
 
-def extract_local(o, staging: Staging) -> int:
+def extract_local(options, staging: Staging) -> int:
     import pyarrow as pa
 
     from taar_etl import sources
 
-    opted_out = opted_out_ids(o)
+    opted_out = opted_out_ids(options)
     staging.clear()
     schema = pa.schema([("row_key", pa.string()), ("payload", pa.binary())])
-    tables = sources.bq_tables(o.bq_tables)
-    source_rows = (row for batch in sources.iter_batches(o.source, "clients_last_seen", EXTRACT_COLUMNS, o.date,
-                                                         o.date, project=o.bq_project, tables=tables)
+    tables = sources.bq_tables(options.bq_tables)
+    source_rows = (row for batch in sources.iter_batches(options.source, "clients_last_seen", EXTRACT_COLUMNS, options.date,
+                                                         options.date, project=options.bq_project, tables=tables)
                    for row in batch.to_pylist())
     total, parts = 0, 0
-    for part in batches(profile_rows(source_rows, o.seed, o.sample_rate, opted_out, o.zlib_level), PART_ROWS):
+    for part in batches(profile_rows(source_rows, options.seed, options.sample_rate, opted_out, options.zlib_level), PART_ROWS):
         keys, payloads = zip(*part, strict=True)
         staging.write_part(parts, pa.table([list(keys), list(payloads)], schema=schema))
         total, parts = total + len(part), parts + 1
@@ -281,7 +281,7 @@ def extract_local(o, staging: Staging) -> int:
     return total
 
 
-def extract_spark(o, staging: Staging, spark) -> int:
+def extract_spark(options, staging: Staging, spark) -> int:
     import zlib
 
     from pyspark.sql import functions as F
@@ -290,16 +290,16 @@ def extract_spark(o, staging: Staging, spark) -> int:
     from taar.eligibility import client_filter_column
     from taar.profile import spark_payload_json_column
     from taar_etl import sources
-    from taar_etl.spark_io import read_table
+    from taar_etl.spark.io import read_table
 
-    tables = sources.bq_tables(o.bq_tables)
-    level = o.zlib_level
-    clients = (read_table(spark, o.source, "clients_last_seen", list(EXTRACT_COLUMNS), o.date, o.date,
+    tables = sources.bq_tables(options.bq_tables)
+    level = options.zlib_level
+    clients = (read_table(spark, options.source, "clients_last_seen", list(EXTRACT_COLUMNS), options.date, options.date,
                           bq_tables=tables)
                .where(client_filter_column("all")).where(F.size("active_addons") >= 1)
-               .where(spark_sample_bucket(o.seed) < sample_threshold(o.sample_rate)))
-    start, end = deletion_window(o)
-    opted_out = (read_table(spark, o.source, "deletion_request", ["client_id"], start, end, bq_tables=tables)
+               .where(spark_sample_bucket(options.seed) < sample_threshold(options.sample_rate)))
+    start, end = deletion_window(options)
+    opted_out = (read_table(spark, options.source, "deletion_request", ["client_id"], start, end, bq_tables=tables)
                  .where(F.col("client_id").isNotNull()).distinct())
     # A plain (not Arrow) UDF: executors need no pyarrow for it.
     compress = F.udf(lambda s: zlib.compress(s.encode("utf-8"), level), BinaryType(), useArrow=False)
@@ -311,50 +311,50 @@ def extract_spark(o, staging: Staging, spark) -> int:
     return spark.read.parquet(staging.uri).count()
 
 
-def run_extract(o, staging: Staging, spark=None) -> None:
-    total = extract_spark(o, staging, spark) if spark is not None else extract_local(o, staging)
+def run_extract(options, staging: Staging, spark=None) -> None:
+    total = extract_spark(options, staging, spark) if spark is not None else extract_local(options, staging)
     if total == 0:
-        raise JobFailed(f"no profiles to extract from clients_last_seen for {o.date}")
-    staging.write_manifest({"date": o.date.isoformat(), "rows": total, "engine": o.engine, "seed": o.seed,
-                            "sample_rate": o.sample_rate})
+        raise JobFailed(f"no profiles to extract from clients_last_seen for {options.date}")
+    staging.write_manifest({"date": options.date.isoformat(), "rows": total, "engine": options.engine, "seed": options.seed,
+                            "sample_rate": options.sample_rate})
 
 
-def writer_for(o) -> BatchWriter:
-    parallelism = 1 if o.profile_store.startswith("sqlite:") else o.parallelism  # one SQLite writer at a time
-    return BatchWriter(o.profile_store, end_of_day_ms(o.date), o.batch_size, parallelism, o.write_retries,
-                       o.retry_backoff)
+def writer_for(options) -> BatchWriter:
+    parallelism = 1 if options.profile_store.startswith("sqlite:") else options.parallelism  # one SQLite writer at a time
+    return BatchWriter(options.profile_store, end_of_day_ms(options.date), options.batch_size, parallelism, options.write_retries,
+                       options.retry_backoff)
 
 
-def run_load(o, staging: Staging, spark=None) -> None:
+def run_load(options, staging: Staging, spark=None) -> None:
     from taar.storage import open_profile_store
 
     manifest = staging.manifest()
     if manifest is None:
-        raise JobFailed(f"no {MANIFEST} under {staging.uri}: run --steps extract for {o.date} first")
-    if manifest.get("date") != o.date.isoformat():
-        raise JobFailed(f"staging {staging.uri} holds {manifest.get('date')}, not {o.date}")
-    store = open_profile_store(o.profile_store)
+        raise JobFailed(f"no {MANIFEST} under {staging.uri}: run --steps extract for {options.date} first")
+    if manifest.get("date") != options.date.isoformat():
+        raise JobFailed(f"staging {staging.uri} holds {manifest.get('date')}, not {options.date}")
+    store = open_profile_store(options.profile_store)
     store.ensure_table()
-    writer = writer_for(o)
+    writer = writer_for(options)
     if spark is not None:
         written = spark.read.parquet(staging.uri).rdd.mapPartitions(writer.put_partition).sum()
     else:
-        progress = Progress("profiles loaded", manifest["rows"], o.progress_interval)
+        progress = Progress("profiles loaded", manifest["rows"], options.progress_interval)
         written = writer.put(staging.rows(), progress)
         progress.finish()
     if written != manifest["rows"]:
         raise JobFailed(f"wrote {written} profiles but the manifest lists {manifest['rows']}")
     if hasattr(store, "gc"):  # SQLite has no GC rule: emulate max age 90 days
-        store.gc(end_of_day_ms(o.date) - int(GC_MAX_AGE.total_seconds()) * 1000)
-    logger.info("loaded %d profiles into %s", written, o.profile_store, extra={"fields": {"profiles": written}})
+        store.gc(end_of_day_ms(options.date) - int(GC_MAX_AGE.total_seconds()) * 1000)
+    logger.info("loaded %d profiles into %s", written, options.profile_store, extra={"fields": {"profiles": written}})
 
 
-def run_delete_opt_outs(o) -> None:
+def run_delete_opt_outs(options) -> None:
     from taar.storage import open_profile_store
 
-    keys = sorted({hash_client_id(c) for c in opted_out_ids(o)})
-    open_profile_store(o.profile_store).ensure_table()
-    deleted = writer_for(o).delete(keys)
+    keys = sorted({hash_client_id(c) for c in opted_out_ids(options)})
+    open_profile_store(options.profile_store).ensure_table()
+    deleted = writer_for(options).delete(keys)
     if deleted != len(keys):
         raise JobFailed(f"sent {deleted} deletions for {len(keys)} opted-out clients")
     logger.info("deleted the profiles of %d opted-out clients", deleted, extra={"fields": {"deleted": deleted}})
@@ -363,7 +363,7 @@ def run_delete_opt_outs(o) -> None:
 def build_parser():
     from taar_etl import sources  # pyarrow is imported only by the steps that read sources
 
-    p = base_parser(__doc__.splitlines()[0], spark=True, prog="python -m taar_etl.taar_profile_bigtable")
+    p = base_parser(__doc__, spark=True, prog="python -m taar_etl.taar_profile_bigtable")
     p.add_argument("--steps", default=",".join(STEPS), help=f"comma list of {', '.join(STEPS)}")
     p.add_argument("--profile-store", default=os.environ.get("TAAR_PROFILE_STORE", "sqlite:///./var/profiles.sqlite3"),
                    help="sqlite:///path or bigtable://project/instance/table")
@@ -389,28 +389,28 @@ def parse_steps(value: str) -> list[str]:
     return [s for s in STEPS if s in asked]
 
 
-def run(o) -> None:
-    steps = parse_steps(o.steps)
-    if not 0 < o.sample_rate <= 1 or o.batch_size < 1 or o.parallelism < 1 or not 0 <= o.zlib_level <= 9:
+def run(options) -> None:
+    steps = parse_steps(options.steps)
+    if not 0 < options.sample_rate <= 1 or options.batch_size < 1 or options.parallelism < 1 or not 0 <= options.zlib_level <= 9:
         raise UsageError("need 0 < --sample-rate <= 1, --batch-size >= 1, --parallelism >= 1, --zlib-level 0-9")
-    if o.deletion_window_days < 0 or o.write_retries < 0:
+    if options.deletion_window_days < 0 or options.write_retries < 0:
         raise UsageError("--deletion-window-days and --write-retries must be >= 0")
-    staging = Staging.for_options(o)
+    staging = Staging.for_options(options)
     spark = None
-    if o.engine == "spark" and {"extract", "load"} & set(steps):
-        from taar_etl.spark_io import build_spark_session
+    if options.engine == "spark" and {"extract", "load"} & set(steps):
+        from taar_etl.spark.io import build_spark_session
 
-        if (o.spark_master or "").startswith("local"):  # executors must run this interpreter (its packages)
+        if (options.spark_master or "").startswith("local"):  # executors must run this interpreter (its packages)
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        spark = build_spark_session(JOB, o.spark_master, o.shuffle_partitions)
+        spark = build_spark_session(JOB, options.spark_master, options.shuffle_partitions)
     for step in steps:
         started = time.monotonic()
         if step == "extract":
-            run_extract(o, staging, spark)
+            run_extract(options, staging, spark)
         elif step == "load":
-            run_load(o, staging, spark)
+            run_load(options, staging, spark)
         elif step == "delete-opt-outs":
-            run_delete_opt_outs(o)
+            run_delete_opt_outs(options)
         else:
             logger.info("removed %d staging objects under %s", staging.clear(), staging.uri)
         logger.info("step %s done", step, extra={"fields": {"step": step,

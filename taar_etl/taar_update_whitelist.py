@@ -78,7 +78,7 @@ def missing_guids(client: amo.AmoClient, guids: list[str], batch: int = VALIDATI
 
 
 def build_parser():
-    p = base_parser(__doc__.splitlines()[0], prog="python -m taar_etl.taar_update_whitelist")
+    p = base_parser(__doc__, prog="python -m taar_etl.taar_update_whitelist")
     p.add_argument("--amo-url", default=amo.DEFAULT_AMO_URL, help="AMO base URL")
     p.add_argument("--url", default=None, help="editorial feed URL (default <amo-url>/api/v5/discovery/editorial/)")
     p.add_argument("--only-recommended", action="store_true", default=True,
@@ -95,22 +95,23 @@ def build_parser():
     return p
 
 
-def run(o) -> None:
-    from taar.storage import open_model_store, producer_tag, publish
+def run(options) -> None:
+    from taar.publishing import producer_tag, publish
+    from taar.storage import open_model_store
 
-    if o.min_size < 1:
-        raise UsageError(f"--min-size must be >= 1, got {o.min_size}")
-    client = amo.AmoClient(o.amo_url, "v5", amo.RetryPolicy(o.retries, o.backoff_base, o.backoff_cap, o.timeout))
-    url = o.url or client.api_url("discovery/editorial/")
-    guids = fetch_feed(client, url, o.only_recommended)
+    if options.min_size < 1:
+        raise UsageError(f"--min-size must be >= 1, got {options.min_size}")
+    client = amo.AmoClient(options.amo_url, "v5", amo.RetryPolicy(options.retries, options.backoff_base, options.backoff_cap, options.timeout))
+    url = options.url or client.api_url("discovery/editorial/")
+    guids = fetch_feed(client, url, options.only_recommended)
     logger.info("editorial feed: %d unique GUIDs", len(guids), extra={"fields": {"guids": len(guids)}})
-    if o.validate_guids:
+    if options.validate_guids:
         missing = missing_guids(client, guids)
         if missing:
             raise ValidationError(f"{len(missing)} editorial GUIDs are unknown to AMO search: "
                                   f"{', '.join(sorted(missing))}")
-    whitelist = curated_list(guids, o.min_size, o.allow_short)
-    publish(open_model_store(o.model_store), "whitelist", whitelist, o.date, producer_tag(JOB), o.force_latest)
+    whitelist = curated_list(guids, options.min_size, options.allow_short)
+    publish(open_model_store(options.model_store), "whitelist", whitelist, options.date, producer_tag(JOB), options.force_latest)
 
 
 def main(argv: list[str] | None = None) -> int:

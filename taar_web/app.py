@@ -20,14 +20,13 @@ from importlib import resources
 
 import flask
 
-from taar.profile import ProfileFetcher
 from taar.recommenders import RecommendationManager, build_engine, fresh_seed
 from taar.storage import open_model_store, open_profile_store
 
-from . import logging as request_log
-from . import services, validation
+from . import request_log, services, validation
 from .health import HealthChecker
 from .metrics import build_metrics
+from .profiles import ProfileFetcher
 from .refresher import Refresher
 from .registry import ModelRegistry
 from .sentry import init_sentry

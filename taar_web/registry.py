@@ -32,7 +32,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from taar import artifacts
-from taar.storage import ArtifactNotFound, ChecksumMismatch, read_artifact
+from taar.publishing import read_artifact
+from taar.storage import ArtifactNotFound, ChecksumMismatch
 
 from . import sentry
 

@@ -79,7 +79,7 @@ class RecommendationManager:
     engine : Engine
         Fitted recommenders (see :func:`taar.recommenders.engine.build_engine`).
     profile_fetcher : object with ``get(hashed_id) -> profile | None``, or None
-        Usually :class:`taar.profile.ProfileFetcher`. Dropped on pickling.
+        Usually :class:`taar_web.profiles.ProfileFetcher`. Dropped on pickling.
     randomize : bool, default True
         Weighted sampling (``TAAR_RANDOMIZE``) instead of plain top-N.
     candidate_pool : int, default 0

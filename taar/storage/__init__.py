@@ -1,10 +1,9 @@
-"""Model stores, artifact publishing and profile stores (SPEC §2, §3.1, §3.6-3.7).
+"""Model stores and profile stores (SPEC §2.1, §3.1, §3.6-3.7).
 
 Open a store from its URI and use it through the protocols of :mod:`.base`::
 
     store = open_model_store("gs://bucket/prefix")        # or "./var/models"
-    publish(store, "locale", model, date, producer_tag("taar_locale"))
-    model, descriptor = read_artifact(store, "locale")
+    store.write_bytes(name, data, metadata)               # artifacts: see taar.publishing
 
     profiles = open_profile_store("sqlite:///./var/profiles.sqlite3")
     payload = profiles.get(hashed_client_id, timeout_s=0.15)
@@ -32,15 +31,6 @@ from .base import (
 from .bigtable_profiles import BigtableProfileStore
 from .gcs import GCSModelStore
 from .local import LocalModelStore
-from .publish import (
-    PublishResult,
-    producer_tag,
-    publish,
-    publish_group,
-    publish_metrics,
-    read_artifact,
-    rollback,
-)
 from .sqlite_profiles import SQLiteProfileStore
 
 
@@ -74,17 +64,10 @@ __all__ = [
     "ProfileStoreError",
     "ProfileTimeout",
     "ProfileWriteError",
-    "PublishResult",
     "SQLiteProfileStore",
     "StorageError",
     "open_model_store",
     "open_profile_store",
     "parse_model_store_uri",
     "parse_profile_store_uri",
-    "producer_tag",
-    "publish",
-    "publish_group",
-    "publish_metrics",
-    "read_artifact",
-    "rollback",
 ]

@@ -6,7 +6,7 @@ Every write goes to a temporary file in the destination directory which is then
 ``os.replace``-d over the object, so a reader sees either the old or the new bytes,
 never a mix. The sidecar is replaced the same way, right after the data; a reader
 racing a writer may pair new bytes with old metadata for an instant, which the
-checksum check in :mod:`taar.storage.publish` detects and retries.
+checksum check in :mod:`taar.publishing` detects and retries.
 """
 
 from __future__ import annotations

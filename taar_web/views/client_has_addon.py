@@ -10,8 +10,7 @@ import logging
 
 import flask
 
-from .. import logging as request_log
-from .. import services
+from .. import request_log, services
 from ..validation import check_bearer, parse_client_id, parse_guid
 
 logger = logging.getLogger(__name__)

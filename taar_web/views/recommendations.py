@@ -14,8 +14,7 @@ import flask
 
 from taar.recommenders import Recommendation
 
-from .. import logging as request_log
-from .. import sentry, services
+from .. import request_log, sentry, services
 from ..validation import parse_client_id, parse_flag, parse_locale, parse_promoted, read_body
 
 logger = logging.getLogger(__name__)

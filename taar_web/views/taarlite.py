@@ -13,8 +13,7 @@ import logging
 
 import flask
 
-from .. import logging as request_log
-from .. import sentry, services
+from .. import request_log, sentry, services
 from ..validation import parse_flag, parse_guid, parse_normalize
 
 logger = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 One module-scoped run generates a few thousand synthetic clients, serves their
 catalogue with the fake AMO, and runs ``airflow dags test taar_daily`` then
 ``taar_weekly`` for D = yesterday UTC (so the service's freshness checks apply
-as in production) through :mod:`taar_etl.local_run`, the same code ``make demo``
+as in production) through :mod:`taar_dev.local_run`, the same code ``make demo``
 uses. Job thresholds made for millions of clients are scaled down with the
 ``taar_local_extra_args`` Variable. The tests then check what was published, the
 profile store, the running service (real gunicorn on loopback) and, last, that
@@ -24,8 +24,9 @@ import pytest
 
 from taar import artifacts
 from taar.profile import decode_payload, normalise_profile
-from taar.storage import open_model_store, open_profile_store, read_artifact
-from taar_etl.local_run import (
+from taar.publishing import read_artifact
+from taar.storage import open_model_store, open_profile_store
+from taar_dev.local_run import (
     DAG_IDS,
     DagRunResult,
     Layout,
@@ -95,8 +96,8 @@ def explain(result: DagRunResult) -> str:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    from taar_etl.fake_amo import FakeAMO
-    from taar_etl.synthetic import Params
+    from taar_dev.fake_amo import FakeAMO
+    from taar_dev.synthetic import Params
 
     layout = Layout.at(tmp_path_factory.mktemp("e2e"))
     date = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
@@ -208,7 +209,7 @@ def source_profiles(pipeline) -> dict[str, list[str]]:
     add-on ids of the row, in order.
     """
     from taar.hashing import hash_client_id
-    from taar_etl.synthetic import read_table
+    from taar_dev.synthetic import read_table
 
     root, date = pipeline.layout.telemetry, pipeline.date
     deletions = read_table(root, "deletion_request", ["client_id", "submission_date"]).to_pylist()

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from taar import codecs
-from taar.storage import open_model_store, producer_tag, publish, publish_group, read_artifact
+from taar.publishing import producer_tag, publish, publish_group, read_artifact
+from taar.storage import open_model_store
 from taar_etl.artifacts_cli import list_artifacts, main, summarise
 from tests.fixtures.artifact_samples import group_sample
 

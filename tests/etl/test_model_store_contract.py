@@ -15,15 +15,8 @@ import pytest
 
 from taar import artifacts, codecs
 from taar.artifacts import ArtifactError
-from taar.storage import (
-    ArtifactNotFound,
-    ChecksumMismatch,
-    ObjectNotFound,
-    open_model_store,
-    publish,
-    publish_group,
-    read_artifact,
-)
+from taar.publishing import publish, publish_group, read_artifact
+from taar.storage import ArtifactNotFound, ChecksumMismatch, ObjectNotFound, open_model_store
 from tests.fixtures.artifact_samples import SINGLE_KEYS, group_sample, sample
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from taar.storage import open_model_store, read_artifact
+from taar.publishing import read_artifact
+from taar.storage import open_model_store
 from taar_etl import amo
 from taar_etl.taar_amodump import Crawler, allowed_missing, first_create_date, is_complete, main
 

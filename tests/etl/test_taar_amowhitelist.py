@@ -4,7 +4,8 @@ import datetime as dt
 
 import pytest
 
-from taar.storage import open_model_store, producer_tag, publish, read_artifact
+from taar.publishing import producer_tag, publish, read_artifact
+from taar.storage import open_model_store
 from taar_etl.taar_amowhitelist import build_views, is_featured, main, passes_whitelist
 
 pytestmark = pytest.mark.unit

@@ -7,7 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from taar.storage import open_model_store, read_artifact
+from taar.publishing import read_artifact
+from taar.storage import open_model_store
 from taar_etl import sources
 from taar_etl.taar_lite_guidranking import main, rank_rows, rank_table, ranking_sql
 

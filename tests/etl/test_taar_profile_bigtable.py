@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pytest
 
 from taar.hashing import hash_client_id
-from taar.profile import ProfileFetcher, decode_payload, normalise_profile, row_to_payload
+from taar.profile import decode_payload, normalise_profile, row_to_payload
 from taar.storage import ProfileWriteError, open_profile_store
 from taar.storage.bigtable_profiles import BigtableProfileStore, gc_rule
 from taar.storage.sqlite_profiles import SQLiteProfileStore
@@ -26,6 +26,7 @@ from taar_etl.taar_profile_bigtable import (
     sample_bucket,
     spark_sample_bucket,
 )
+from taar_web.profiles import ProfileFetcher
 
 pytestmark = pytest.mark.integration
 

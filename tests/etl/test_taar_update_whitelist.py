@@ -5,7 +5,8 @@ import shutil
 
 import pytest
 
-from taar.storage import open_model_store, read_artifact
+from taar.publishing import read_artifact
+from taar.storage import open_model_store
 from taar_etl.cli import ValidationError
 from taar_etl.taar_update_whitelist import curated_list, editorial_guids, main
 

@@ -1,7 +1,7 @@
 """Hand-built telemetry rows written as a Parquet root in the SPEC §7.3 layout.
 
 Spark tests describe their input as a few Python dicts and get back a root that
-``taar_etl.spark_io.read_table`` reads exactly like the synthetic generator's
+``taar_etl.spark.io.read_table`` reads exactly like the synthetic generator's
 output or a BigQuery table: ``<root>/<table>/submission_date=YYYY-MM-DD/part-00000.parquet``
 with the column names and types of SPEC §7.2 (the partition column lives in the
 directory name, not in the files). Written with pyarrow, so no Spark is needed to
@@ -26,7 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from taar_etl.telemetry_schema import ADDON, FILE_SCHEMAS
+from taar_dev.telemetry_schema import ADDON, FILE_SCHEMAS
 
 ADDON_TYPE = ADDON
 #: File schemas per table (SPEC §7.2), without the ``submission_date`` partition column.

@@ -138,7 +138,7 @@ def broken_models(models: dict, seed: int = 0) -> dict:
 
 def publish_models(store, models: dict, date) -> None:
     """Publish ``models`` as the latest objects, as the daily jobs would."""
-    from taar.storage import producer_tag, publish, publish_group
+    from taar.publishing import producer_tag, publish, publish_group
 
     publish(store, "whitelist", models["whitelist"], date, producer_tag("test"))
     publish(store, "locale", models["locale"], date, producer_tag("test"))

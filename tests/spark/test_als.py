@@ -1,11 +1,11 @@
-"""taar_etl.als: grid parsing, leave-last-out holdout, serving-formula evaluation, ALS fitting, selection."""
+"""taar_etl.spark.als: grid parsing, leave-last-out holdout, serving-formula evaluation, ALS fitting, selection."""
 
 import math
 
 import numpy as np
 import pytest
 
-from taar_etl import als
+from taar_etl.spark import als
 
 pytestmark = pytest.mark.spark
 

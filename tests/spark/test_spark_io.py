@@ -1,4 +1,4 @@
-"""taar_etl.spark_io: Parquet reading, seeded ordering/sampling, latest rows, job sessions, dated inputs."""
+"""taar_etl.spark.io: Parquet reading, seeded ordering/sampling, latest rows, job sessions, dated inputs."""
 
 import datetime as dt
 import struct
@@ -6,9 +6,10 @@ import struct
 import pytest
 import xxhash
 
-from taar.storage import open_model_store, producer_tag, publish
+from taar.publishing import producer_tag, publish
+from taar.storage import open_model_store
 from taar_etl.cli import JobFailed
-from taar_etl.spark_io import (
+from taar_etl.spark.io import (
     SourceError,
     job_session,
     latest_row_per_client,
@@ -145,7 +146,7 @@ def test_bq_table_overrides_and_their_usage_errors():
     import argparse
 
     from taar_etl.cli import UsageError
-    from taar_etl.spark_io import BQ_TABLES, add_source_arguments, bq_tables_from
+    from taar_etl.spark.io import BQ_TABLES, add_source_arguments, bq_tables_from
 
     parser = add_source_arguments(argparse.ArgumentParser())
     options = parser.parse_args(["--bq-table", "clients_daily=p.d.cd", "--bq-materialization-dataset", "tmp"])
@@ -157,7 +158,7 @@ def test_bq_table_overrides_and_their_usage_errors():
 
 
 def test_metrics_sidecar_document():
-    from taar_etl.spark_io import metrics_sidecar
+    from taar_etl.spark.io import metrics_sidecar
 
     doc = metrics_sidecar("taar_x", D, 7, {"k": 1}, {"clients": 3}, {"rows": 2})
     assert doc["job"] == "taar_x" and doc["date"] == "2026-03-04" and doc["seed"] == 7

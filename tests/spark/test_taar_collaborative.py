@@ -14,12 +14,13 @@ from jobs import taar_collaborative as job
 from taar import artifacts
 from taar.codecs import decode
 from taar.hashing import item_id
+from taar.publishing import producer_tag, publish, read_artifact
 from taar.recommenders import build_engine
-from taar.storage import open_model_store, producer_tag, publish, read_artifact
-from taar_etl import als
+from taar.storage import open_model_store
+from taar_dev.fake_amo import Catalogue, render_addon
 from taar_etl.amo import with_first_create_date
 from taar_etl.cli import ValidationError, run_job
-from taar_etl.fake_amo import Catalogue, render_addon
+from taar_etl.spark import als
 from tests.spark.parquet_builders import addon, client_row, write_tables
 from tests.spark.test_spark_io import py_xxhash
 
@@ -98,7 +99,7 @@ GUIDS = ["a@x", "b@x", "c@x"]
 
 @pytest.fixture(scope="module")
 def daily(spark, tmp_path_factory):
-    from taar_etl.spark_io import read_table
+    from taar_etl.spark.io import read_table
 
     root = write_tables(tmp_path_factory.mktemp("telemetry"), clients_daily=ROWS)
     return read_table(spark, root, "clients_daily", list(job.SOURCE_COLUMNS), *job.window(D, 90))

@@ -17,7 +17,8 @@ import pytest
 
 from jobs import taar_ensemble
 from taar import codecs
-from taar.storage import open_model_store, producer_tag, publish, read_artifact
+from taar.publishing import producer_tag, publish, read_artifact
+from taar.storage import open_model_store
 from tests.spark.synthetic_models import broken_models, build_models, publish_models
 
 pytestmark = pytest.mark.spark

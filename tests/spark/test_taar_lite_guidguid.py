@@ -11,8 +11,9 @@ import pytest
 
 from jobs import taar_lite_guidguid as job
 from taar import artifacts
+from taar.publishing import producer_tag, publish, read_artifact
 from taar.recommenders import build_engine
-from taar.storage import open_model_store, producer_tag, publish, read_artifact
+from taar.storage import open_model_store
 from tests.spark.parquet_builders import addon, client_row, write_tables
 from tests.spark.test_spark_io import py_xxhash
 
@@ -68,7 +69,7 @@ def source(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def daily_2d(spark, source):
-    from taar_etl.spark_io import read_table
+    from taar_etl.spark.io import read_table
 
     return read_table(spark, source, "clients_daily", list(job.SOURCE_COLUMNS), D1, D).cache()
 

@@ -15,8 +15,9 @@ import pytest
 
 from jobs import taar_similarity as job
 from taar import artifacts
+from taar.publishing import producer_tag, publish, read_artifact
 from taar.recommenders import build_engine
-from taar.storage import open_model_store, producer_tag, publish, read_artifact
+from taar.storage import open_model_store
 from tests.spark.parquet_builders import addon, client_row, write_tables
 from tests.spark.test_spark_io import py_xxhash
 
@@ -36,7 +37,7 @@ def _restore_logging():
 
 
 def _last_seen(spark, tmp_path, rows):
-    from taar_etl.spark_io import read_table
+    from taar_etl.spark.io import read_table
 
     root = write_tables(tmp_path, clients_last_seen=rows)
     return read_table(spark, root, "clients_last_seen", list(job.SOURCE_COLUMNS), D, D)
@@ -220,7 +221,7 @@ def source(tmp_path_factory):
 
 
 def test_build_model_publishes_exactly_num_donors_in_proportion(spark, source):
-    from taar_etl.spark_io import read_table
+    from taar_etl.spark.io import read_table
 
     last_seen = read_table(spark, source, "clients_last_seen", list(job.SOURCE_COLUMNS), D, D)
     donors, curves, stats = job.build_similarity_model(last_seen, WHITELIST, seed=2, num_clusters=3,

@@ -5,7 +5,6 @@ import pytest
 from taar.hashing import hash_client_id
 from taar.profile import (
     ADDON_FIELDS,
-    ProfileFetcher,
     decode_payload,
     encode_payload,
     normalise_profile,
@@ -80,37 +79,3 @@ def test_row_to_payload_transform():
                  "locale": "fr", "os": "Darwin", "bookmark_count": 3, "tab_open_count": 0, "total_uri": 42,
                  "unique_tlds": 3, "active_addons": [addon]}
     assert "raw-id" not in str(p)
-
-
-class _Store:
-    def __init__(self, result):
-        self.result = result
-
-    def get(self, key, timeout_s):
-        if isinstance(self.result, Exception):
-            raise self.result
-        return self.result
-
-
-class _Metrics:
-    def __init__(self):
-        self.counts = {}
-
-    def incr(self, name, value=1, tags=None):
-        key = (name, tuple(tags or ()))
-        self.counts[key] = self.counts.get(key, 0) + value
-
-
-def test_fetcher_outcomes_are_counted():
-    from taar.storage import ProfileTimeout
-
-    m = _Metrics()
-    assert ProfileFetcher(_Store(None), metrics=m).get("k") is None
-    assert ProfileFetcher(_Store(ProfileTimeout("slow")), metrics=m).get("k") is None
-    assert ProfileFetcher(_Store(RuntimeError("down")), metrics=m).get("k") is None
-    assert ProfileFetcher(_Store(b"garbage"), metrics=m).get("k") is None
-    found = ProfileFetcher(_Store(encode_payload(NEW)), metrics=m).get("k")
-    assert found["client_id"] == "k" and found["installed_addons"] == ["a@x", "b@x"]
-    assert m.counts[("profile_not_found", ())] == 1
-    assert m.counts[("profile_timeout", ())] == 1
-    assert m.counts[("profile_error", ())] == 2

@@ -14,10 +14,8 @@ import taar
 from taar import artifacts, codecs
 from taar.artifacts import ArtifactError
 from taar.codecs import DecodeError
-from taar.storage import (
-    ArtifactNotFound,
-    ChecksumMismatch,
-    LocalModelStore,
+from taar.publishing import (
+    READ_ATTEMPTS,
     producer_tag,
     publish,
     publish_group,
@@ -25,7 +23,7 @@ from taar.storage import (
     read_artifact,
     rollback,
 )
-from taar.storage.publish import READ_ATTEMPTS
+from taar.storage import ArtifactNotFound, ChecksumMismatch, LocalModelStore
 from tests.fixtures.artifact_samples import group_sample, sample
 
 pytestmark = pytest.mark.unit

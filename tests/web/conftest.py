@@ -1,6 +1,6 @@
 """Web test fixtures: an app over a temporary local model store and a SQLite profile store.
 
-The fixture models are published once per session with ``taar.storage.publish``
+The fixture models are published once per session with ``taar.publishing``
 (the way the jobs publish them); each test gets a fresh app built by
 ``create_app`` with a fixed clock, a fixed seed and a recording metrics backend.
 ``make_app(**overrides)`` builds variants (other settings, stores or clock).

@@ -26,7 +26,7 @@ import datetime as dt
 
 from taar.hashing import hash_client_id, item_id
 from taar.profile import encode_payload
-from taar.storage import publish, publish_group
+from taar.publishing import publish, publish_group
 
 DATE = dt.date(2024, 3, 10)
 #: 12 h after the end of DATE: every model is fresh (limit 48 h).

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from taar.storage import open_model_store, publish
+from taar.publishing import publish
+from taar.storage import open_model_store
 from tests.fixtures.emulators import free_port
 
 from . import models as fixtures

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from taar_web import logging as request_log
+from taar_web import request_log
 from taar_web.metrics import Metrics, RecordingBackend, build_backend, build_metrics
 from taar_web.settings import Settings
 

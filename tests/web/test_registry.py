@@ -16,7 +16,8 @@ import time
 import pytest
 
 from taar import codecs
-from taar.storage import open_model_store, publish, publish_group
+from taar.publishing import publish, publish_group
+from taar.storage import open_model_store
 from taar_web.app import create_app, worker_started
 from taar_web.refresher import Refresher
 

@@ -5,7 +5,7 @@ command lines or public classes, the way an operator would:
 
 * :class:`Layout` says where a local run keeps its data (``./var`` for the demo).
 * :func:`ensure_synthetic` generates the synthetic telemetry and AMO catalogue
-  (:mod:`taar_etl.synthetic`), or reuses them when the manifest records the same
+  (:mod:`taar_dev.synthetic`), or reuses them when the manifest records the same
   parameters, so reruns skip the generation.
 * :func:`local_variables` and :class:`LocalAirflow` prepare an ``AIRFLOW_HOME`` for
   the local deploy target (migrated once, Variables set) and run
@@ -115,12 +115,12 @@ def _json_normal(obj):
 
 
 def ensure_synthetic(layout: Layout, params, workers: int = 2) -> tuple[dict, bool]:
-    """Synthetic telemetry + AMO catalogue for ``params`` (a :class:`taar_etl.synthetic.Params`).
+    """Synthetic telemetry + AMO catalogue for ``params`` (a :class:`taar_dev.synthetic.Params`).
 
     Returns ``(manifest, generated)``. Nothing is generated when the manifest under
     ``<telemetry>/_synthetic/`` records the same parameters and the AMO documents exist.
     """
-    from taar_etl.synthetic import generate
+    from taar_dev.synthetic import generate
 
     manifest_path = layout.telemetry / "_synthetic" / "manifest.json"
     amo_docs = [layout.amo / "catalogue.json", layout.amo / "editorial.json"]

@@ -1,17 +1,17 @@
-"""Synthetic telemetry and AMO catalogue generator (SPEC §7.5): ``python -m taar_etl.synthetic``.
+"""Synthetic telemetry and AMO catalogue generator (SPEC §7.5): ``python -m taar_dev.synthetic``.
 
 Writes the four source tables of SPEC §7.2 as Hive-partitioned Parquet
 (``<out>/<table>/submission_date=YYYY-MM-DD/part-<chunk>.parquet``; files omit the
 partition column, as Spark's ``partitionBy`` does, and readers get it back as a
 ``DATE``), the ground truth under ``<out>/_synthetic/`` and the AMO documents
-(``catalogue.json``, ``editorial.json``) that :mod:`taar_etl.fake_amo` serves.
+(``catalogue.json``, ``editorial.json``) that :mod:`taar_dev.fake_amo` serves.
 
 The data has planted structure the model jobs should find: interest clusters
 with their own add-on subsets, locale-specific add-ons, a global Zipf
 popularity, plus the awkward cases every filter must handle (system, legacy,
 blocklisted, unlisted, disabled, foreign, unsigned add-ons; non-release and
-non-Firefox clients; a few nulls). See :mod:`taar_etl.synthetic_catalogue` and
-:mod:`taar_etl.synthetic_clients` for the model.
+non-Firefox clients; a few nulls). See :mod:`taar_dev.synthetic_catalogue` and
+:mod:`taar_dev.synthetic_clients` for the model.
 
 Determinism: ``SeedSequence(seed).spawn(1 + n_chunks)`` gives the catalogue its
 stream and each chunk of ``--chunk-size`` clients its own, and every chunk writes
@@ -46,9 +46,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from taar_etl.synthetic_catalogue import amo_documents, build_catalogue
-from taar_etl.synthetic_clients import GROUND_TRUTH_SCHEMA, generate_chunk
-from taar_etl.telemetry_schema import TABLE_SCHEMAS
+from taar_dev.synthetic_catalogue import amo_documents, build_catalogue
+from taar_dev.synthetic_clients import GROUND_TRUTH_SCHEMA, generate_chunk
+from taar_dev.telemetry_schema import TABLE_SCHEMAS
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def generate(params: Params, out, amo_out, workers: int = 1) -> dict:
     shutil.rmtree(parts)
     _write_atomic(out / "_synthetic" / "sample_hashed_ids.txt", "".join(f"{h}\n" for h in samples[:100]))
     manifest = {
-        "generator": "taar_etl.synthetic",
+        "generator": "taar_dev.synthetic",
         "params": params.as_json(),
         "seed": params.seed,
         "catalogue": {
@@ -265,7 +265,7 @@ def _date(text):
 
 def _parser():
     yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
-    p = argparse.ArgumentParser(prog="python -m taar_etl.synthetic", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m taar_dev.synthetic", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="./var/telemetry", help="Parquet root (default %(default)s)")
     p.add_argument("--amo-out", default="./var/amo", help="AMO catalogue directory (default %(default)s)")
     p.add_argument("--clients", type=int, default=100_000, help="number of clients (default %(default)s)")

@@ -22,23 +22,12 @@ import logging
 import os
 import sys
 
+from taar_etl.tables import BQ_TABLES, SourceError
+
 logger = logging.getLogger(__name__)
-
-#: Default fully qualified BigQuery tables (SPEC §7.1); override per job.
-BQ_TABLES = {
-    "clients_daily": "moz-fx-data-shared-prod.telemetry.clients_daily",
-    "clients_last_seen": "moz-fx-data-shared-prod.telemetry.clients_last_seen",
-    "addons": "moz-fx-data-shared-prod.telemetry.addons",
-    "deletion_request": "moz-fx-data-shared-prod.telemetry.deletion_request",
-}
-
 
 #: Client sampling compares ``xxhash64 mod SAMPLE_BUCKETS`` with ``rate * SAMPLE_BUCKETS`` (SPEC §8.5).
 SAMPLE_BUCKETS = 1_000_000
-
-
-class SourceError(RuntimeError):
-    """An input table is missing or empty for the requested dates."""
 
 
 def build_spark_session(app_name, master=None, shuffle_partitions=None, checkpoint_dir=None):
@@ -198,7 +187,8 @@ def read_input_artifact(store, key, date, allow_latest=False):
     Raises :class:`taar_etl.cli.JobFailed` naming the object when it is absent.
     """
     from taar.artifacts import normalise
-    from taar.storage import ArtifactNotFound, read_artifact
+    from taar.publishing import read_artifact
+    from taar.storage import ArtifactNotFound
     from taar_etl.cli import JobFailed
 
     try:
@@ -246,7 +236,7 @@ def read_source(spark, options, table, columns, start, end):
 def publish_job_metrics(store, job, prefix, options, param_names, stats, evaluation=None):
     """Publish the §9.3 sidecar of a job run: ``param_names`` are read from ``options``, counts from
     ``stats["inputs"]``/``stats["outputs"]``."""
-    from taar.storage import producer_tag, publish_metrics
+    from taar.publishing import producer_tag, publish_metrics
 
     params = {k: getattr(options, k) for k in param_names}
     sidecar = metrics_sidecar(job, options.date, options.seed, params, stats["inputs"], stats["outputs"],

@@ -1,8 +1,8 @@
 """A fake addons.mozilla.org API over the synthetic catalogue (SPEC §7.6).
 
-``python -m taar_etl.fake_amo --catalogue ./var/amo --port 8765`` serves, on
+``python -m taar_dev.fake_amo --catalogue ./var/amo --port 8765`` serves, on
 loopback, the ``catalogue.json`` / ``editorial.json`` written by
-:mod:`taar_etl.synthetic` in both API shapes the AMO jobs read:
+:mod:`taar_dev.synthetic` in both API shapes the AMO jobs read:
 
 * ``GET /api/<v4|v5>/addons/search/`` — ``app``, ``type``, ``sort=created``,
   ``page``, ``page_size`` (default 25, at most 50), ``created__gte``,
@@ -401,7 +401,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 def main(argv=None) -> int:
     """Serve until interrupted; exit 2 when the catalogue is missing."""
-    p = argparse.ArgumentParser(prog="python -m taar_etl.fake_amo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m taar_dev.fake_amo", description=__doc__.split("\n\n")[0])
     p.add_argument("--catalogue", default="./var/amo", help="directory with catalogue.json and editorial.json")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)

@@ -1,4 +1,4 @@
-"""The local-run pieces behind ``make demo`` and the end-to-end test (taar_etl.local_run, taar_etl.demo).
+"""The local-run pieces behind ``make demo`` and the end-to-end test (taar_dev.local_run, taar_dev.demo).
 
 The whole pipeline runs in tests/e2e/test_pipeline.py; here each piece is checked
 on its own: the data reuse rule, the Airflow home preparation, the early stop of
@@ -17,8 +17,8 @@ import textwrap
 
 import pytest
 
-from taar_etl import demo
-from taar_etl.local_run import (
+from taar_dev import demo
+from taar_dev.local_run import (
     DagRunResult,
     Layout,
     LocalAirflow,
@@ -32,7 +32,7 @@ D = dt.date(2026, 11, 20)
 
 
 def tiny_params(**changes):
-    from taar_etl.synthetic import Params
+    from taar_dev.synthetic import Params
 
     return Params(**{"end_date": D, "clients": 200, "addons": 60, "recommended": 20, "days": 10, "seed": 7, **changes})
 

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from taar.eligibility import is_eligible
-from taar_etl import synthetic
-from taar_etl.synthetic import Params, catalogue_for, generate, read_table
+from taar_dev import synthetic
+from taar_dev.synthetic import Params, catalogue_for, generate, read_table
 
 pytestmark = pytest.mark.unit
 
@@ -307,7 +307,7 @@ def test_locale_addons_are_more_popular_in_their_locale(small, latest, ground_tr
 
 
 def test_cities_belong_to_the_clients_locale(small, latest):
-    from taar_etl.synthetic_catalogue import LOCALES
+    from taar_dev.synthetic_catalogue import LOCALES
 
     cities = {loc: set(c) for loc, _, c in LOCALES}
     for row in latest.values():

@@ -14,7 +14,7 @@ client chunks sample from:
 
 Everything is plain numpy arrays and lists so the catalogue pickles cheaply to
 worker processes. :func:`amo_documents` renders the neutral ``catalogue.json`` and
-``editorial.json`` that :mod:`taar_etl.fake_amo` serves in AMO v4 and v5 shapes.
+``editorial.json`` that :mod:`taar_dev.fake_amo` serves in AMO v4 and v5 shapes.
 """
 
 from __future__ import annotations

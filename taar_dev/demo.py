@@ -1,4 +1,4 @@
-"""``python -m taar_etl.demo`` (``make demo``): the whole TAAR system on this machine (SPEC §12.1).
+"""``python -m taar_dev.demo`` (``make demo``): the whole TAAR system on this machine (SPEC §12.1).
 
 1. Synthetic telemetry and AMO catalogue under ``./var/telemetry`` and ``./var/amo``
    (``DEMO_CLIENTS`` clients, default 50 000, logical date ``DEMO_DATE``, default
@@ -32,7 +32,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from taar_etl.local_run import (
+from taar_dev.local_run import (
     DAG_IDS,
     Layout,
     LocalAirflow,
@@ -45,7 +45,7 @@ from taar_etl.local_run import (
     task_output,
 )
 
-logger = logging.getLogger("taar_etl.demo")
+logger = logging.getLogger("taar_dev.demo")
 
 DEFAULT_CLIENTS = 50_000
 #: A test id (SPEC §5.7.1): one character repeated once the dashes are removed.
@@ -78,7 +78,7 @@ def extra_args_for(clients: int) -> dict[str, str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m taar_etl.demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m taar_dev.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--root", default="./var", help="where everything is kept (default %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="service port (default %(default)s)")
     p.add_argument("--amo-port", type=int, default=8765, help="fake AMO port (default %(default)s)")
@@ -125,7 +125,8 @@ def pick_client(telemetry: Path, profile_store_uri: str) -> str | None:
 
 def ranked_guids(model_store: str) -> list[str]:
     """GUIDs of the published TAARlite ranking, most installed first (ties GUID ascending)."""
-    from taar.storage import open_model_store, read_artifact
+    from taar.publishing import read_artifact
+    from taar.storage import open_model_store
 
     ranking, _ = read_artifact(open_model_store(model_store), "ranking")
     return [g for g, _ in sorted(ranking.items(), key=lambda item: (-item[1], item[0]))]
@@ -198,7 +199,7 @@ def _report_failure(result) -> None:
 
 def prepare_data(layout: Layout, clients: int, date: dt.date, seed: int) -> None:
     """Step 1: the synthetic data (reused when present); new data resets the pipeline outputs."""
-    from taar_etl.synthetic import Params
+    from taar_dev.synthetic import Params
 
     _, generated = ensure_synthetic(layout, Params(end_date=date, clients=clients, seed=seed))
     if generated:
@@ -228,7 +229,7 @@ def _interrupt(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from taar_etl.fake_amo import FakeAMO
+    from taar_dev.fake_amo import FakeAMO
 
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -7,7 +7,7 @@ import time
 import pytest
 import requests
 
-from taar_etl import fake_amo as fake_amo_module
+from taar_dev import fake_amo as fake_amo_module
 
 pytestmark = pytest.mark.integration
 

@@ -24,8 +24,8 @@ import numpy as np
 import pyarrow as pa
 
 from taar.hashing import hash_client_id
-from taar_etl.synthetic_catalogue import DAY_S, MAX_CITIES, OSES, Catalogue
-from taar_etl.telemetry_schema import ADDON, CLIENT_COLUMNS, TABLE_SCHEMAS
+from taar_dev.synthetic_catalogue import DAY_S, MAX_CITIES, OSES, Catalogue
+from taar_dev.telemetry_schema import ADDON, CLIENT_COLUMNS, TABLE_SCHEMAS
 
 #: Full schemas of SPEC §7.2. Files omit ``submission_date``: it is the Hive partition.
 GROUND_TRUTH_SCHEMA = pa.schema(

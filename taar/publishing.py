@@ -27,8 +27,7 @@ from dataclasses import dataclass
 import taar
 from taar import artifacts, codecs
 from taar.artifacts import Artifact
-
-from .base import (
+from taar.storage.base import (
     ArtifactNotFound,
     ChecksumMismatch,
     Descriptor,
