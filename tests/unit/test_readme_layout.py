@@ -43,10 +43,18 @@ def listed_folders(block: str) -> set[str]:
     return folders
 
 
+#: Folders of a working tree that are not part of the repository (used without a git index).
+_UNTRACKED = {"var", "build", "dist", "node_modules", "__pycache__"}
+
+
 def tracked_top_level_folders(root: Path) -> set[str]:
     """Top-level folders holding tracked files, hidden ones (.ci, .circleci) excluded."""
-    listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, check=True, capture_output=True,
-                            timeout=60).stdout.decode("utf-8")
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, check=True, capture_output=True,
+                                timeout=60).stdout.decode("utf-8")
+    except (OSError, subprocess.SubprocessError):  # no git checkout: the folders on disk
+        return {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                and p.name not in _UNTRACKED and not p.name.endswith(".egg-info")}
     return {name.split("/")[0] for name in listed.split("\0") if "/" in name and not name.startswith(".")}
 
 
