@@ -110,10 +110,6 @@ def normalise_profile(payload: Mapping, client_id: str | None = None,
     return profile
 
 
-def _round(value):
-    return None if value is None else int(round(value))
-
-
 def row_to_payload(row: Mapping) -> dict:
     """SPEC §3.5: a ``clients_daily``/``clients_last_seen`` row -> payload dict.
 

@@ -170,10 +170,6 @@ class SimilarityRecommender(Recommender):
         dist = similarity_distances(self.donor_x_, self.donor_c_, x_c, c_c)
         return nearest_points(self.xs_, dist)
 
-    def log_likelihood_ratios(self, profile: Mapping) -> np.ndarray:
-        """``ln(LR_d)`` per donor; NaN for donors skipped (zero denominator, non-finite ratio)."""
-        return self.point_log_lr_[self.curve_points(profile)]
-
     def scores(self, profile: Mapping) -> np.ndarray:
         """Score of every GUID in ``guids_``: ``Aᵀ · (ℓ ⊙ [ℓ > 0])``."""
         points = self.curve_points(profile)
