@@ -22,12 +22,10 @@ import logging
 import os
 import sys
 
+from taar.hashing import SAMPLE_BUCKETS
 from taar_etl.tables import BQ_TABLES, SourceError
 
 logger = logging.getLogger(__name__)
-
-#: Client sampling compares ``xxhash64 mod SAMPLE_BUCKETS`` with ``rate * SAMPLE_BUCKETS`` (SPEC §8.5).
-SAMPLE_BUCKETS = 1_000_000
 
 
 def build_spark_session(app_name, master=None, shuffle_partitions=None, checkpoint_dir=None):

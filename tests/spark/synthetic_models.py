@@ -31,9 +31,7 @@ from taar.eligibility import eligible_addon_ids
 from taar.hashing import item_id
 from taar.profile import row_to_payload
 from taar.recommenders import similarity_distances
-
-CONTINUOUS = ("subsession_length", "bookmark_count", "tab_open_count", "total_uri", "unique_tlds")
-CATEGORICAL = ("geo_city", "locale", "os")
+from taar.recommenders.similarity import CATEGORICAL, CONTINUOUS
 
 
 def _clients(telemetry: Path, date):

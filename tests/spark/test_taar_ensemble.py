@@ -18,13 +18,14 @@ import pytest
 from jobs import taar_ensemble
 from taar import codecs
 from taar.publishing import producer_tag, publish, read_artifact
+from taar.recommenders import ENSEMBLE_MEMBERS
 from taar.storage import open_model_store
 from tests.spark.synthetic_models import broken_models, build_models, publish_models
 
 pytestmark = pytest.mark.spark
 
 K = 10
-COMPONENTS = ("collaborative", "similarity", "locale")
+COMPONENTS = ENSEMBLE_MEMBERS
 
 
 @pytest.fixture(scope="session")

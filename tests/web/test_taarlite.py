@@ -137,8 +137,13 @@ def test_head_and_trailing_slash(client):
     assert client.get(f"{BASE}/a@x").status_code == 308
 
 
-def test_normalize_modes_match_the_recommender():
-    from taar.recommenders.guid_based import MODES
-    from taar_web.validation import NORMALIZE_MODES
+def test_openapi_normalize_enum_lists_the_recommender_modes():
+    import json
+    from importlib import resources
 
-    assert set(NORMALIZE_MODES) == set(MODES)
+    from taar.recommenders.guid_based import MODES
+
+    document = json.loads(resources.files("taar_web").joinpath("openapi.json").read_text())
+    enums = [p["schema"]["enum"] for path in document["paths"].values() for op in path.values()
+             if isinstance(op, dict) for p in op.get("parameters", ()) if p.get("name") == "normalize"]
+    assert enums and all(e == ["", *MODES] for e in enums)
