@@ -170,7 +170,9 @@ def run(options) -> None:
     logger.info("co-installation model built", extra={"fields": stats})
     publish(store, "coinstall", model, options.date, producer_tag(JOB), options.force_latest)
     sidecar_params = ("days", "sample_rate", "min_addons", "k_anonymity", "channel")
-    publish_job_metrics(store, JOB, METRICS_PREFIX, options, sidecar_params, stats)
+    publish_job_metrics(store, JOB, METRICS_PREFIX, options.date, options.seed,
+                        {k: getattr(options, k) for k in sidecar_params}, stats["inputs"], stats["outputs"],
+                        force_latest=options.force_latest)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -219,7 +219,9 @@ def run(options) -> None:
     publish(store, "locale", model, options.date, producer_tag(JOB), options.force_latest)
     sidecar_params = ("window_days", "num_addons", "epsilon",
                       "addon_limit", "min_locale_clients", "no_noise", "channel")
-    publish_job_metrics(store, JOB, METRICS_PREFIX, options, sidecar_params, stats)
+    publish_job_metrics(store, JOB, METRICS_PREFIX, options.date, options.seed,
+                        {k: getattr(options, k) for k in sidecar_params}, stats["inputs"], stats["outputs"],
+                        force_latest=options.force_latest)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -325,7 +325,9 @@ def run(options) -> None:
                   options.force_latest)
     sidecar_params = ("num_clusters", "num_donors", "min_addons",
                       "max_raw_addons", "kernel_bandwidth", "num_pdf_points", "channel")
-    publish_job_metrics(store, JOB, METRICS_PREFIX, options, sidecar_params, stats)
+    publish_job_metrics(store, JOB, METRICS_PREFIX, options.date, options.seed,
+                        {k: getattr(options, k) for k in sidecar_params}, stats["inputs"], stats["outputs"],
+                        force_latest=options.force_latest)
 
 
 def main(argv: list[str] | None = None) -> int:
