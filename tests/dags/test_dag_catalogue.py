@@ -3,15 +3,13 @@ names of the daily models they wait for; this pins them to the catalogue (SPEC Â
 
 import importlib
 import sys
-from pathlib import Path
 
 import pytest
 
 from taar.artifacts import CATALOGUE
+from tests.fixtures.dags import DAGS
 
 pytestmark = pytest.mark.airflow
-
-DAGS = Path(__file__).resolve().parents[2] / "dags"
 
 
 def test_daily_model_objects_are_the_catalogue_names():

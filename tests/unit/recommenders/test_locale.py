@@ -6,8 +6,7 @@ Keys: en-US, en-GB, pt, pt-BR, de-AT, de-CH, de-DE, fr-CA, fr-BE.
 import pytest
 
 from taar.recommenders import LocaleRecommender
-
-from . import toy
+from tests.fixtures import toy
 
 pytestmark = pytest.mark.unit
 
