@@ -17,4 +17,6 @@ pytest_plugins = [
     "tests.fixtures.emulators",
     "tests.fixtures.spark",
     "tests.fixtures.amo",
+    "tests.fixtures.web",
+    "tests.fixtures.dags",
 ]

@@ -19,18 +19,20 @@ from pathlib import Path
 
 import numpy as np
 
+from taar.recommenders import ENSEMBLE_MEMBERS
 from taar_etl import ensemble_eval as ev
 
 
 def synthetic_data(n_clients: int, width: int, n_vocab: int = 2000, seed: int = 42) -> ev.EvalData:
     rng = np.random.default_rng(seed)
     recs, targets = {}, np.empty(n_clients, dtype=np.int64)
-    per_list = width // 3 + 10
-    guids = np.stack([rng.choice(n_vocab, per_list * 3, replace=False) for _ in range(n_clients)])
+    n = len(ENSEMBLE_MEMBERS)
+    per_list = width // n + 10
+    guids = np.stack([rng.choice(n_vocab, per_list * n, replace=False) for _ in range(n_clients)])
     targets[:] = guids[:, 0]
     unlisted = rng.random(n_clients) < 0.1
     targets[unlisted] = (guids[unlisted, 0] + 1) % n_vocab
-    for r, name in enumerate(("collaborative", "similarity", "locale")):
+    for r, name in enumerate(ENSEMBLE_MEMBERS):
         idx = guids[:, r * (per_list - 10): r * (per_list - 10) + per_list]
         score = rng.normal(size=idx.shape) + (idx == targets[:, None]) * (0.5 + r * 0.3)
         ptr = np.arange(n_clients + 1, dtype=np.int64) * per_list

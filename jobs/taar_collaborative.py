@@ -57,7 +57,7 @@ import taar
 from taar.eligibility import client_filter_column, eligible_column
 from taar.evaluation import GateRefused, at_k, passes_gate, sidecar_evaluation
 from taar.hashing import item_id
-from taar.publishing import producer_tag, publish_group, publish_metrics
+from taar.publishing import producer_tag, publish_group
 from taar.storage import open_model_store
 from taar_etl import amo
 from taar_etl.cli import JobFailed, UsageError, ValidationError, base_parser, run_job, window
@@ -67,7 +67,7 @@ from taar_etl.spark.io import (
     add_source_arguments,
     job_session,
     latest_row_per_client,
-    metrics_sidecar,
+    publish_job_metrics,
     read_input_artifact,
     read_source,
     xxhash_order,
@@ -341,9 +341,8 @@ def publish_outcome(store, outcome: Outcome, options) -> None:
     publish_group(store, models, options.date, producer, options.force_latest)
     params = {**parameters(options), "selected": final.params.as_dict(), "grid_results": outcome.selection}
     outputs = {"item_matrix_rows": len(models["item_matrix"]), "rank": final.params.rank}
-    sidecar = metrics_sidecar(JOB, options.date, options.seed, params, outcome.counts, outputs,
-                              outcome.test_metrics)
-    publish_metrics(store, JOB, METRICS_PREFIX, sidecar, options.date, producer, options.force_latest)
+    publish_job_metrics(store, JOB, METRICS_PREFIX, options.date, options.seed, params, outcome.counts, outputs,
+                        outcome.test_metrics, options.force_latest)
     final.release()
 
 

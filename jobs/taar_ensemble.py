@@ -41,7 +41,7 @@ import numpy as np
 import taar
 from taar import artifacts
 from taar.evaluation import GateRefused, at_k, passes_gate, sidecar_evaluation
-from taar.publishing import producer_tag, publish, publish_metrics, read_artifact
+from taar.publishing import producer_tag, publish, read_artifact
 from taar.recommenders import ENSEMBLE_MEMBERS, build_engine
 from taar.storage import ArtifactNotFound, open_model_store
 from taar_etl import ensemble_eval as ev
@@ -51,7 +51,7 @@ from taar_etl.spark.io import (
     SAMPLE_BUCKETS,
     add_source_arguments,
     job_session,
-    metrics_sidecar,
+    publish_job_metrics,
     read_source,
     xxhash_order,
 )
@@ -263,12 +263,11 @@ def run(options) -> None:
                       options.force_latest)
         names.append(res.dated_name)
         model_curves = curves[NEW] if decision == "published" else curves[CURRENT]
-        sidecar = metrics_sidecar(
-            JOB, options.date, options.seed, parameters(options), counts,
+        names.append(publish_job_metrics(
+            store, JOB, PREFIX, options.date, options.seed, parameters(options), counts,
             {"ensemble_weights": published_weights, "decision": decision},
-            sidecar_evaluation(k, at_k(model_curves, k), {"popularity": at_k(curves[POPULARITY], k)}))
-        names.append(publish_metrics(store, JOB, PREFIX, sidecar, options.date, producer,
-                                     options.force_latest).dated_name)
+            sidecar_evaluation(k, at_k(model_curves, k), {"popularity": at_k(curves[POPULARITY], k)}),
+            options.force_latest).dated_name)
 
     report = build_report(options, descriptors, counts, result, decision, reason, published_weights, names)
     tables, summary = report_tables(result, decision, reason, k)

@@ -63,16 +63,16 @@ def build_parser():
     return p
 
 
-def check_options(options) -> None:
+def check_options(days: int, sample_rate: float, min_addons: int, k_anonymity: int) -> None:
     """Reject parameter values the method cannot use (exit 2)."""
-    if options.days < 1:
-        raise UsageError(f"--days must be >= 1, got {options.days}")
-    if not 0 < options.sample_rate <= 1:
-        raise UsageError(f"--sample-rate must be in (0, 1], got {options.sample_rate}")
-    if options.min_addons < 2:
-        raise UsageError(f"--min-addons must be >= 2 (a pair needs two add-ons), got {options.min_addons}")
-    if options.k_anonymity < 1:
-        raise UsageError(f"--k-anonymity must be >= 1, got {options.k_anonymity}")
+    if days < 1:
+        raise UsageError(f"--days must be >= 1, got {days}")
+    if not 0 < sample_rate <= 1:
+        raise UsageError(f"--sample-rate must be in (0, 1], got {sample_rate}")
+    if min_addons < 2:
+        raise UsageError(f"--min-addons must be >= 2 (a pair needs two add-ons), got {min_addons}")
+    if k_anonymity < 1:
+        raise UsageError(f"--k-anonymity must be >= 1, got {k_anonymity}")
 
 
 # --------------------------------------------------------------------------- transforms (Spark)
@@ -156,7 +156,7 @@ def build_coinstall_model(daily, amo_webext, *, seed, sample_rate=1.0, min_addon
 
 
 def run(options) -> None:
-    check_options(options)
+    check_options(options.days, options.sample_rate, options.min_addons, options.k_anonymity)
     store = open_model_store(options.model_store)
     amo_db, _ = read_input_artifact(store, "amo_database", options.date, options.allow_latest_inputs)
     amo_webext = webextension_guids(amo_db)
@@ -170,7 +170,9 @@ def run(options) -> None:
     logger.info("co-installation model built", extra={"fields": stats})
     publish(store, "coinstall", model, options.date, producer_tag(JOB), options.force_latest)
     sidecar_params = ("days", "sample_rate", "min_addons", "k_anonymity", "channel")
-    publish_job_metrics(store, JOB, METRICS_PREFIX, options, sidecar_params, stats)
+    publish_job_metrics(store, JOB, METRICS_PREFIX, options.date, options.seed,
+                        {k: getattr(options, k) for k in sidecar_params}, stats["inputs"], stats["outputs"],
+                        force_latest=options.force_latest)
 
 
 def main(argv: list[str] | None = None) -> int:

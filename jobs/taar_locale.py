@@ -70,15 +70,16 @@ def build_parser():
     return p
 
 
-def check_options(options) -> None:
+def check_options(window_days: int, num_addons: int, addon_limit: int, epsilon: float,
+                  min_locale_clients: int) -> None:
     """Reject parameter values the method cannot use (exit 2)."""
-    for name in ("window_days", "num_addons", "addon_limit"):
-        if getattr(options, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(options, name)}")
-    if not options.epsilon > 0 or not np.isfinite(options.epsilon):
-        raise UsageError(f"--epsilon must be a finite number > 0, got {options.epsilon}")
-    if options.min_locale_clients < 0:
-        raise UsageError(f"--min-locale-clients must be >= 0, got {options.min_locale_clients}")
+    for flag, value in (("--window-days", window_days), ("--num-addons", num_addons), ("--addon-limit", addon_limit)):
+        if value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    if not epsilon > 0 or not np.isfinite(epsilon):
+        raise UsageError(f"--epsilon must be a finite number > 0, got {epsilon}")
+    if min_locale_clients < 0:
+        raise UsageError(f"--min-locale-clients must be >= 0, got {min_locale_clients}")
 
 
 # --------------------------------------------------------------------------- transforms (Spark)
@@ -202,7 +203,8 @@ def build_locale_model(daily, whitelist, *, seed, epsilon=0.4, addon_limit=1, mi
 
 
 def run(options) -> None:
-    check_options(options)
+    check_options(options.window_days, options.num_addons, options.addon_limit, options.epsilon,
+                  options.min_locale_clients)
     if options.no_noise:
         logger.warning("--no-noise: publishing exact counts without differential privacy")
     store = open_model_store(options.model_store)
@@ -219,7 +221,9 @@ def run(options) -> None:
     publish(store, "locale", model, options.date, producer_tag(JOB), options.force_latest)
     sidecar_params = ("window_days", "num_addons", "epsilon",
                       "addon_limit", "min_locale_clients", "no_noise", "channel")
-    publish_job_metrics(store, JOB, METRICS_PREFIX, options, sidecar_params, stats)
+    publish_job_metrics(store, JOB, METRICS_PREFIX, options.date, options.seed,
+                        {k: getattr(options, k) for k in sidecar_params}, stats["inputs"], stats["outputs"],
+                        force_latest=options.force_latest)
 
 
 def main(argv: list[str] | None = None) -> int:

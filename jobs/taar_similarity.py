@@ -83,18 +83,19 @@ def build_parser():
     return p
 
 
-def check_options(options) -> None:
+def check_options(num_clusters: int, num_donors: int, min_addons: int, max_raw_addons: int,
+                  kernel_bandwidth: float, num_pdf_points: int) -> None:
     """Reject parameter values the method cannot use (exit 2)."""
-    if options.num_clusters < 2:
-        raise UsageError(f"--num-clusters must be >= 2, got {options.num_clusters}")
-    if options.num_donors < MIN_DONORS:
-        raise UsageError(f"--num-donors must be >= {MIN_DONORS}, got {options.num_donors}")
-    if options.min_addons < 1 or options.max_raw_addons < options.min_addons:
+    if num_clusters < 2:
+        raise UsageError(f"--num-clusters must be >= 2, got {num_clusters}")
+    if num_donors < MIN_DONORS:
+        raise UsageError(f"--num-donors must be >= {MIN_DONORS}, got {num_donors}")
+    if min_addons < 1 or max_raw_addons < min_addons:
         raise UsageError("--min-addons must be >= 1 and <= --max-raw-addons")
-    if not (options.kernel_bandwidth > 0 and math.isfinite(options.kernel_bandwidth)):
-        raise UsageError(f"--kernel-bandwidth must be a finite number > 0, got {options.kernel_bandwidth}")
-    if options.num_pdf_points < 2:
-        raise UsageError(f"--num-pdf-points must be >= 2, got {options.num_pdf_points}")
+    if not (kernel_bandwidth > 0 and math.isfinite(kernel_bandwidth)):
+        raise UsageError(f"--kernel-bandwidth must be a finite number > 0, got {kernel_bandwidth}")
+    if num_pdf_points < 2:
+        raise UsageError(f"--num-pdf-points must be >= 2, got {num_pdf_points}")
 
 
 # --------------------------------------------------------------------------- transforms (Spark)
@@ -308,7 +309,8 @@ def build_similarity_model(last_seen, whitelist, *, seed, num_clusters=20, num_d
 
 
 def run(options) -> None:
-    check_options(options)
+    check_options(options.num_clusters, options.num_donors, options.min_addons, options.max_raw_addons,
+                  options.kernel_bandwidth, options.num_pdf_points)
     store = open_model_store(options.model_store)
     whitelist, _ = read_input_artifact(store, "whitelist", options.date, options.allow_latest_inputs)
     with job_session(JOB, options.spark_master, options.shuffle_partitions) as spark:
@@ -325,7 +327,9 @@ def run(options) -> None:
                   options.force_latest)
     sidecar_params = ("num_clusters", "num_donors", "min_addons",
                       "max_raw_addons", "kernel_bandwidth", "num_pdf_points", "channel")
-    publish_job_metrics(store, JOB, METRICS_PREFIX, options, sidecar_params, stats)
+    publish_job_metrics(store, JOB, METRICS_PREFIX, options.date, options.seed,
+                        {k: getattr(options, k) for k in sidecar_params}, stats["inputs"], stats["outputs"],
+                        force_latest=options.force_latest)
 
 
 def main(argv: list[str] | None = None) -> int:

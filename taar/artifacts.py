@@ -19,12 +19,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from taar.profile import LEGACY_KEYS
+from taar.profile import NUMBER_FIELDS, STRING_FIELDS, convert_legacy_keys
 
 ID_LIMIT = 1 << 23
-DONOR_CATEGORICAL = ("geo_city", "locale", "os")
-DONOR_CONTINUOUS = ("subsession_length", "bookmark_count", "tab_open_count", "total_uri", "unique_tlds")
-ENSEMBLE_KEYS = ("collaborative", "similarity", "locale")
+#: The recommender names of the ensemble, in their fixed order: the keys of ``ensemble_weights`` (SPEC §5.5).
+ENSEMBLE_MEMBERS = ("collaborative", "similarity", "locale")
 
 
 class ArtifactError(ValueError):
@@ -83,8 +82,8 @@ _ENTRIES = [
 CATALOGUE: dict[str, Artifact] = {a.key: a for a in _ENTRIES}
 SERVICE_ARTIFACTS: tuple[str, ...] = tuple(a.key for a in _ENTRIES if a.service)
 GROUPS: dict[str, tuple[str, ...]] = {
-    "collaborative": ("item_matrix", "addon_mapping"),
-    "similarity": ("donors", "lr_curves"),
+    group: tuple(a.key for a in _ENTRIES if a.group == group) for group in dict.fromkeys(
+        a.group for a in _ENTRIES if a.group)
 }
 
 
@@ -191,9 +190,9 @@ def _check_donors(key, obj, strict):
     _non_empty(key, obj, list)
     for i, d in enumerate(obj):
         _require(key, isinstance(d, Mapping), f"donor {i} is not an object")
-        for f in DONOR_CATEGORICAL:
+        for f in STRING_FIELDS:
             _require(key, isinstance(d.get(f), str), f"donor {i} field {f} is not a string")
-        for f in DONOR_CONTINUOUS:
+        for f in NUMBER_FIELDS:
             _require(key, _finite(d.get(f)) and d[f] >= 0, f"donor {i} field {f} is not a finite number >= 0")
         addons = d.get("active_addons")
         _require(key, isinstance(addons, list) and addons and all(isinstance(a, str) and a for a in addons),
@@ -219,7 +218,7 @@ def _check_ensemble(key, obj, strict):
     _require(key, isinstance(obj, Mapping) and isinstance(obj.get("ensemble_weights"), Mapping),
              'expected {"ensemble_weights": {...}}')
     w = obj["ensemble_weights"]
-    _require(key, set(w) == set(ENSEMBLE_KEYS), f"keys must be exactly {', '.join(ENSEMBLE_KEYS)}")
+    _require(key, set(w) == set(ENSEMBLE_MEMBERS), f"keys must be exactly {', '.join(ENSEMBLE_MEMBERS)}")
     _require(key, all(_finite(v) and v >= 0 for v in w.values()), "weights must be finite and >= 0")
     _require(key, any(v > 0 for v in w.values()), "weights are all zero")
 
@@ -305,16 +304,11 @@ def validate_group(group: str, members: Mapping[str, object]) -> None:
 def _normalise_donor(d):
     if not isinstance(d, Mapping):
         return d
-    out = dict(d)
-    for legacy, new in LEGACY_KEYS.items():
-        if legacy in out:
-            value = out.pop(legacy)
-            if out.get(new) is None and value is not None:
-                out[new] = value * 3600 if legacy == "subsession_hours_sum" and _is_number(value) else value
-    for f in DONOR_CATEGORICAL:
+    out = convert_legacy_keys(d)
+    for f in STRING_FIELDS:
         if out.get(f) is None:
             out[f] = ""
-    for f in DONOR_CONTINUOUS:
+    for f in NUMBER_FIELDS:
         if out.get(f) is None:
             out[f] = 0.0
     addons = out.get("active_addons")

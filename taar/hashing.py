@@ -6,11 +6,15 @@
   23 bits, as the historical Scala ALS job published them.
 * Test ids: ids made of one repeated character (dashes ignored), which QA uses
   to get whitelist-based answers without a profile.
+* Client sampling buckets (SPEC §8.5).
 """
 
 import hashlib
 
 ITEM_ID_MASK = 0x7FFFFF
+#: Client sampling keeps a client when ``xxhash64 mod SAMPLE_BUCKETS < rate * SAMPLE_BUCKETS`` (SPEC §8.5);
+#: the Spark jobs and the profile extract share it.
+SAMPLE_BUCKETS = 1_000_000
 
 
 def hash_client_id(client_id: str) -> str:

@@ -63,6 +63,25 @@ def _number(value):
     return float(value)
 
 
+def convert_legacy_keys(record: Mapping) -> dict:
+    """A copy of ``record`` with the legacy keys of SPEC §3.3 renamed (and dropped).
+
+    A normalised key that is already set wins over its legacy twin;
+    ``subsession_hours_sum`` (hours) becomes ``subsession_length`` in seconds when
+    it is a number, any other legacy value is copied as it is. Profiles and the
+    service's donor normalisation both go through here.
+    """
+    out = dict(record)
+    for legacy, new in LEGACY_KEYS.items():
+        if legacy in out:
+            value = out.pop(legacy)
+            if out.get(new) is None and value is not None:
+                if legacy == "subsession_hours_sum" and isinstance(value, int | float) and not isinstance(value, bool):
+                    value = value * 3600
+                out[new] = value
+    return out
+
+
 def normalise_profile(payload: Mapping, client_id: str | None = None,
                       on_default: Callable[[str], None] | None = None) -> dict:
     """Return the normalised profile of SPEC §3.4; never raises.
@@ -71,14 +90,7 @@ def normalise_profile(payload: Mapping, client_id: str | None = None,
     """
     if not isinstance(payload, Mapping):
         payload = {}
-    merged = dict(payload)
-    for legacy, new in LEGACY_KEYS.items():
-        if merged.get(new) is None and payload.get(legacy) is not None:
-            value = payload[legacy]
-            if legacy == "subsession_hours_sum":
-                value = _number(value)
-                value = None if value is None else value * 3600
-            merged[new] = value
+    merged = convert_legacy_keys(payload)
 
     def defaulted(field):
         if on_default is not None:
@@ -108,10 +120,6 @@ def normalise_profile(payload: Mapping, client_id: str | None = None,
             installed.append(addon["addon_id"])
     profile["installed_addons"] = list(dict.fromkeys(installed))
     return profile
-
-
-def _round(value):
-    return None if value is None else int(round(value))
 
 
 def row_to_payload(row: Mapping) -> dict:

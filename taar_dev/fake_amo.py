@@ -246,17 +246,6 @@ class FakeAMO:
     def __exit__(self, *exc):
         self.stop()
 
-    # -- introspection for tests ------------------------------------------------------------------
-    def listed_guids(self, api_version="v5", type_="extension"):
-        """GUIDs a full crawl of ``api_version`` search should return."""
-        return {a["guid"] for a in self.catalogue.served[api_version] if type_ is None or a["type"] == type_}
-
-    def reset_log(self):
-        with self._lock:
-            self.requests.clear()
-            self.counters.clear()
-            self._attempts.clear()
-
     # -- request handling -------------------------------------------------------------------------
     def handle(self, path, query_string, base):
         """Return ``(status, headers, body_dict, route)`` for one GET."""

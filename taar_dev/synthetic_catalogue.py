@@ -24,8 +24,11 @@ import datetime as dt
 
 import numpy as np
 
+from taar.eligibility import EXCLUDED, is_eligible
+
 DAY_S = 86400
-EXCLUDED_GUID = "pioneer-opt-in@mozilla.org"
+#: The add-on the jobs always exclude (SPEC §7.4); the generator plants it to check they do.
+EXCLUDED_GUID = min(EXCLUDED)
 SYSTEM_GUIDS = (
     "formautofill@mozilla.org",
     "pictureinpicture@mozilla.org",
@@ -123,10 +126,40 @@ class Catalogue:
         return self.version_created_s[self.version_offsets[:-1]]
 
     def eligible_base(self):
-        """Add-on-level part of the §7.4 predicate: listed extension webext, not system/blocklisted/excluded."""
-        excluded = np.array([g == EXCLUDED_GUID for g in self.guids])
-        extension = np.array([t == "extension" for t in self.types])
-        return self.listed & self.is_webext & extension & ~self.is_system & ~self.blocklisted & ~excluded
+        """The §7.4 predicate per add-on, with no client flag set: eligible for some client."""
+        return self.eligible(np.arange(self.n_addons, dtype=np.int64), {})
+
+    def eligible(self, addon: np.ndarray, flags: dict, nulls: dict | None = None) -> np.ndarray:
+        """:func:`taar.eligibility.is_eligible` of every entry: add-on ``addon[i]`` with ``flags[f][i]``.
+
+        The add-on's own fields (GUID, type, system, blocklisted) come from the
+        catalogue, ``amo_webext`` is the listed webextensions; ``nulls[f]`` marks
+        entries whose flag ``f`` is null. The predicate runs once per distinct
+        (add-on, flags) combination, so the generator applies the jobs' rule table
+        itself at numpy speed.
+        """
+        nulls = nulls or {}
+        names = list(flags)
+        key = np.asarray(addon, dtype=np.int64)
+        decode = []
+        for name in names:
+            values, codes = np.unique(np.asarray(flags[name]), return_inverse=True)
+            values = [v.item() for v in values] + [None]
+            codes = np.where(nulls[name], len(values) - 1, codes.ravel()) if name in nulls else codes.ravel()
+            key = key * len(values) + codes
+            decode.append(values)
+        unique, inverse = np.unique(key, return_inverse=True)
+        amo_webext = {g for g, ok in zip(self.guids, self.listed & self.is_webext, strict=True) if ok}
+        verdicts = np.empty(len(unique), bool)
+        for j, k in enumerate(unique.tolist()):
+            record = {}
+            for name, values in zip(reversed(names), reversed(decode), strict=True):
+                k, code = divmod(k, len(values))
+                record[name] = values[code]
+            record.update(addon_id=self.guids[k], type=self.types[k], is_system=bool(self.is_system[k]),
+                          blocklisted=bool(self.blocklisted[k]))
+            verdicts[j] = is_eligible(record, amo_webext)
+        return verdicts[inverse.ravel()]
 
 
 def _iso(ts):

@@ -23,6 +23,7 @@ import zlib
 import numpy as np
 import pyarrow as pa
 
+from taar.eligibility import client_passes
 from taar.hashing import hash_client_id
 from taar_dev.synthetic_catalogue import DAY_S, MAX_CITIES, OSES, Catalogue
 from taar_dev.telemetry_schema import ADDON, CLIENT_COLUMNS, TABLE_SCHEMAS
@@ -333,8 +334,8 @@ def generate_chunk(cat: Catalogue, params, first: int, n: int, rng) -> ChunkTabl
     # Ground truth: newest eligible curated add-on per client (install days are strictly increasing).
     curated = np.zeros(cat.n_addons, bool)
     curated[cat.curated] = True
-    ok = (curated[e_addon] & ~entry["user_disabled"] & ~entry["app_disabled"] & ~entry["foreign_install"]
-          & ~cat.blocklisted[e_addon] & ((entry["signed_state"] == 2) | entry["signed_null"]))
+    flags = {f: entry[f] for f in ("user_disabled", "app_disabled", "foreign_install", "signed_state")}
+    ok = curated[e_addon] & cat.eligible(e_addon, flags, {"signed_state": entry["signed_null"]})
     n_ok = np.bincount(e_client[ok], minlength=n)
     last_pos = np.full(n, -1)
     np.maximum.at(last_pos, e_client[ok], np.flatnonzero(ok))  # entries are in install order
@@ -355,7 +356,9 @@ def generate_chunk(cat: Catalogue, params, first: int, n: int, rng) -> ChunkTabl
         },
         schema=GROUND_TRUTH_SCHEMA,
     )
-    demo = (app_name == "Firefox") & (channel == "release") & ~deleted & (n_ok > 0)
+    passes = [client_passes({"client_id": c, "app_name": a, "normalized_channel": ch})
+              for c, a, ch in zip(ids, app_name.tolist(), channel.tolist(), strict=True)]
+    demo = np.array(passes, bool) & ~deleted & (n_ok > 0)
     demo &= last_off >= params.days - LAST_SEEN_DAYS
     sample = [hashed[i] for i in np.flatnonzero(demo)[:SAMPLE_IDS_PER_CHUNK]]
     return ChunkTables(tables=tables, ground_truth=gt, sample_hashed_ids=sample)

@@ -243,12 +243,14 @@ def build_parser():
     return p
 
 
-def check_options(options) -> None:
-    if not 1 <= options.page_size <= 50:
-        raise UsageError(f"--page-size must be in [1, 50], got {options.page_size}")
-    if options.workers < 1 or options.max_window < options.page_size or options.retries < 0 or options.recrawl_passes < 0:
+def check_options(page_size: int, workers: int, max_window: int, retries: int, recrawl_passes: int,
+                  completeness_tolerance: float, max_missing_versions: float) -> None:
+    """Reject parameter values the crawl cannot use (exit 2)."""
+    if not 1 <= page_size <= 50:
+        raise UsageError(f"--page-size must be in [1, 50], got {page_size}")
+    if workers < 1 or max_window < page_size or retries < 0 or recrawl_passes < 0:
         raise UsageError("--workers >= 1, --max-window >= --page-size, --retries >= 0, --recrawl-passes >= 0")
-    if not 0 <= options.completeness_tolerance < 1 or not 0 <= options.max_missing_versions < 1:
+    if not 0 <= completeness_tolerance < 1 or not 0 <= max_missing_versions < 1:
         raise UsageError("--completeness-tolerance and --max-missing-versions must be in [0, 1)")
 
 
@@ -256,7 +258,8 @@ def run(options) -> None:
     from taar.publishing import producer_tag, publish
     from taar.storage import open_model_store
 
-    check_options(options)
+    check_options(options.page_size, options.workers, options.max_window, options.retries, options.recrawl_passes,
+                  options.completeness_tolerance, options.max_missing_versions)
     client = amo.AmoClient(options.amo_url, options.api_version,
                            amo.RetryPolicy(options.retries, options.backoff_base, options.backoff_cap, options.timeout))
     crawler = Crawler(client, options.page_size, options.workers, options.max_window, options.completeness_tolerance,

@@ -43,7 +43,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import islice
 
-from taar.hashing import hash_client_id
+from taar.eligibility import client_passes
+from taar.hashing import SAMPLE_BUCKETS, hash_client_id
 from taar.profile import SOURCE_COLUMNS, ZLIB_LEVEL, encode_payload, row_to_payload
 from taar_etl.cli import JobFailed, UsageError, base_parser, end_of_day, run_job
 from taar_etl.parallel import Progress, bounded_map
@@ -52,8 +53,6 @@ logger = logging.getLogger(__name__)
 
 JOB = "taar_profile_bigtable"
 STEPS = ("extract", "load", "delete-opt-outs", "cleanup")
-#: Sampling buckets: a client is kept when its bucket is below ``rate · SAMPLE_BUCKETS``.
-SAMPLE_BUCKETS = 1_000_000
 #: Spark's ``xxhash64`` seed; the Python form chains the same way (see :func:`sample_bucket`).
 SPARK_XXHASH_SEED = 42
 GC_MAX_AGE = dt.timedelta(days=90)
@@ -98,9 +97,10 @@ def profile_rows(rows: Iterable[Mapping], seed: int, sample_rate: float, opted_o
     """``clients_last_seen`` rows → ``(hashed id, zlib payload)`` for the clients extract keeps."""
     threshold = sample_threshold(sample_rate)
     for row in rows:
-        client_id = row.get("client_id")
-        if client_id is None or row.get("app_name") != "Firefox" or not row.get("active_addons"):
+        # the client filter without a channel rule, like the Spark extract (SPEC §7.4)
+        if not client_passes(row, "all") or not row.get("active_addons"):
             continue
+        client_id = row["client_id"]
         if client_id in opted_out or sample_bucket(seed, client_id) >= threshold:
             continue
         payload = row_to_payload(row)

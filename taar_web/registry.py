@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from taar import artifacts
-from taar.publishing import read_artifact
+from taar.publishing import UNKNOWN_VERSION, read_artifact
 from taar.storage import ArtifactNotFound, ChecksumMismatch
 
 from . import sentry
@@ -40,7 +40,6 @@ from . import sentry
 logger = logging.getLogger(__name__)
 
 EXTENSION = "taar_models"
-UNKNOWN_VERSION = "unknown"
 
 
 @dataclass(frozen=True)

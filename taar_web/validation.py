@@ -21,6 +21,9 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
 
 from taar.hashing import is_test_id
+from taar.recommenders.guid_based import DEFAULT_MODE as DEFAULT_NORMALIZE
+from taar.recommenders.guid_based import MODES as NORMALIZE_MODES
+from taar.recommenders.locale import LOCALE_PATTERN
 
 from . import services
 
@@ -28,10 +31,7 @@ logger = logging.getLogger(__name__)
 
 MAX_CLIENT_ID_CHARS = 128
 MAX_GUID_CHARS = 255
-NORMALIZE_MODES = ("rownorm_sum", "row_count", "row_sum", "guidception", "none")
-DEFAULT_NORMALIZE = "rownorm_sum"
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
-_LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*")
 _TRUE_FLAGS = ("1", "true")
 
 
@@ -69,7 +69,7 @@ def parse_locale(raw: str | None) -> tuple[str | None, bool]:
     """``(locale, rejected)``: a well-formed locale, or None (``rejected`` when malformed)."""
     if raw is None or raw == "":
         return None, False
-    if _LOCALE.fullmatch(raw):
+    if LOCALE_PATTERN.fullmatch(raw):
         return raw, False
     return None, True
 

@@ -21,8 +21,7 @@ from operator import itemgetter
 
 import numpy as np
 
-#: The recommender names of the ensemble, in their fixed order (SPEC §5.5).
-ENSEMBLE_MEMBERS = ("collaborative", "similarity", "locale")
+from taar.artifacts import ENSEMBLE_MEMBERS  # noqa: F401  (re-exported: the recommenders' one list)
 
 
 class Recommender(abc.ABC):

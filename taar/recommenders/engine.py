@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from taar.artifacts import SERVICE_ARTIFACTS
 from taar.hashing import test_weight
 
 from .collaborative import CollaborativeRecommender
@@ -23,8 +24,8 @@ from .similarity import SimilarityRecommender
 
 logger = logging.getLogger(__name__)
 
-MODEL_KEYS = ("whitelist", "item_matrix", "addon_mapping", "locale", "donors", "lr_curves",
-              "coinstall", "ranking", "ensemble_weights")
+#: The artifacts the engine is built from: the catalogue's service artifacts.
+MODEL_KEYS = SERVICE_ARTIFACTS
 
 
 class Engine:

@@ -18,7 +18,7 @@ from .base import Recommender, check_limit, sort_pairs
 logger = logging.getLogger(__name__)
 
 #: What a requested locale must look like (SPEC §4.2); anything else is ignored.
-LOCALE_PATTERN = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*$")
+LOCALE_PATTERN = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*")  # use with fullmatch
 _SEPARATOR = re.compile(r"[-_]")
 
 
@@ -33,7 +33,7 @@ def requested_locale(profile: Mapping, extra: Mapping | None) -> str | None:
     if isinstance(value, str) and value:
         return value
     value = (extra or {}).get("locale")
-    if isinstance(value, str) and LOCALE_PATTERN.match(value):
+    if isinstance(value, str) and LOCALE_PATTERN.fullmatch(value):
         return value
     return None
 

@@ -23,12 +23,15 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import sparse
 
+from taar.profile import NUMBER_FIELDS, STRING_FIELDS
+
 from .base import Recommender, check_limit, top_indices
 
 logger = logging.getLogger(__name__)
 
-CATEGORICAL = ("geo_city", "locale", "os")
-CONTINUOUS = ("subsession_length", "bookmark_count", "tab_open_count", "total_uri", "unique_tlds")
+#: The donor features: the profile's string and number fields (SPEC §3.4, §5.3 order).
+CATEGORICAL = STRING_FIELDS
+CONTINUOUS = NUMBER_FIELDS
 FEATURES = CATEGORICAL + CONTINUOUS
 #: Added to the canberra distance so that identical continuous features still
 #: count the categorical mismatch (SPEC §5.3).
@@ -169,10 +172,6 @@ class SimilarityRecommender(Recommender):
         x_c, c_c = self.encode(profile)
         dist = similarity_distances(self.donor_x_, self.donor_c_, x_c, c_c)
         return nearest_points(self.xs_, dist)
-
-    def log_likelihood_ratios(self, profile: Mapping) -> np.ndarray:
-        """``ln(LR_d)`` per donor; NaN for donors skipped (zero denominator, non-finite ratio)."""
-        return self.point_log_lr_[self.curve_points(profile)]
 
     def scores(self, profile: Mapping) -> np.ndarray:
         """Score of every GUID in ``guids_``: ``Aᵀ · (ℓ ⊙ [ℓ > 0])``."""

@@ -11,7 +11,7 @@ same way: :func:`job_session` (reuse an active session, stop only one it made),
 :func:`sample_clients`, :func:`latest_row_per_client`,
 :func:`read_input_artifact` (dated input artifacts of the same DAG run),
 :func:`add_source_arguments` / :func:`read_source` (``--bq-table`` overrides and
-the views' materialisation dataset) and :func:`metrics_sidecar` (SPEC §9.3).
+the views' materialisation dataset) and :func:`publish_job_metrics` (SPEC §9.3).
 """
 
 from __future__ import annotations
@@ -22,12 +22,10 @@ import logging
 import os
 import sys
 
+from taar.hashing import SAMPLE_BUCKETS
 from taar_etl.tables import BQ_TABLES, SourceError
 
 logger = logging.getLogger(__name__)
-
-#: Client sampling compares ``xxhash64 mod SAMPLE_BUCKETS`` with ``rate * SAMPLE_BUCKETS`` (SPEC §8.5).
-SAMPLE_BUCKETS = 1_000_000
 
 
 def build_spark_session(app_name, master=None, shuffle_partitions=None, checkpoint_dir=None):
@@ -233,15 +231,17 @@ def read_source(spark, options, table, columns, start, end):
                       materialization_dataset=getattr(options, "bq_materialization_dataset", None))
 
 
-def publish_job_metrics(store, job, prefix, options, param_names, stats, evaluation=None):
-    """Publish the §9.3 sidecar of a job run: ``param_names`` are read from ``options``, counts from
-    ``stats["inputs"]``/``stats["outputs"]``."""
+def publish_job_metrics(store, job, prefix, date, seed, params, inputs, outputs, evaluation=None,
+                        force_latest=False):
+    """Build the SPEC §9.3 sidecar of a job run (:func:`metrics_sidecar`) and publish it.
+
+    Every Spark job's sidecar goes through here. Returns the
+    :class:`taar.publishing.PublishResult` of the sidecar.
+    """
     from taar.publishing import producer_tag, publish_metrics
 
-    params = {k: getattr(options, k) for k in param_names}
-    sidecar = metrics_sidecar(job, options.date, options.seed, params, stats["inputs"], stats["outputs"],
-                              evaluation)
-    return publish_metrics(store, job, prefix, sidecar, options.date, producer_tag(job), options.force_latest)
+    sidecar = metrics_sidecar(job, date, seed, params, inputs, outputs, evaluation)
+    return publish_metrics(store, job, prefix, sidecar, date, producer_tag(job), force_latest)
 
 
 def metrics_sidecar(job, date, seed, params, inputs, outputs, evaluation=None) -> dict:

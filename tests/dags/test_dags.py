@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.dags.conftest import DAGS, Vars, render
+from tests.fixtures.dags import DAGS, Vars, render
 
 pytestmark = pytest.mark.airflow
 

@@ -178,7 +178,7 @@ def _render_local_commands(monkeypatch, variables):
     from airflow.dag_processing.dagbag import DagBag
     from airflow.sdk.execution_time.macros import ds_add
 
-    from tests.dags.conftest import DAGS
+    from tests.fixtures.dags import DAGS
 
     class Accessor:
         def __init__(self, parse):

@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from tests.release import ROOT, instruction, version_json_command
+from tests.fixtures.release import ROOT, instruction, version_json_command
 
 pytestmark = pytest.mark.integration
 

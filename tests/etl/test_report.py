@@ -90,9 +90,41 @@ def test_html_table_shows_the_measured_numbers(written):
     assert "<td>0.6000</td>" in page  # popularity coverage@3
 
 
-def test_png_rendering_is_deterministic():
-    chart = Chart("c", "t", "line", (1, 2, 3), {"a": [0.1, 0.2, 0.3]})
-    assert render_png(chart) == render_png(chart)
+def _png_chunks(png: bytes) -> list[tuple[bytes, bytes]]:
+    """``(type, data)`` of every chunk: 4-byte length, 4-byte type, data, 4-byte CRC each."""
+    chunks, pos = [], len(PNG_SIGNATURE)
+    while pos < len(png):
+        length = int.from_bytes(png[pos:pos + 4], "big")
+        chunks.append((png[pos + 4:pos + 8], png[pos + 8:pos + 8 + length]))
+        pos += 12 + length
+    return chunks
+
+
+def _c0_pixels(png: bytes) -> int:
+    """Pixels in matplotlib's first series colour C0 = #1f77b4 = (31, 119, 180)."""
+    from matplotlib.image import imread
+
+    rgb = np.round(imread(io.BytesIO(png), format="png")[..., :3] * 255).astype(int)
+    return int(np.all(rgb == (31, 119, 180), axis=-1).sum())
+
+
+def test_png_is_a_700_by_420_image_without_run_dependent_metadata():
+    png = render_png(Chart("c", "t", "line", (1, 2, 3), {"a": [0.1, 0.2, 0.3]}))
+    assert png.startswith(PNG_SIGNATURE)
+    chunks = _png_chunks(png)
+    assert chunks[0][0] == b"IHDR" and chunks[-1][0] == b"IEND"
+    # figsize 7.0 x 4.2 inches at 100 dpi
+    assert (int.from_bytes(chunks[0][1][:4], "big"), int.from_bytes(chunks[0][1][4:8], "big")) == (700, 420)
+    # no time stamp and no "Software: matplotlib x.y" text, so reruns and upgrades write the same bytes
+    assert not [t for t, _ in chunks if t == b"tIME"]
+    assert not [d for t, d in chunks if t in (b"tEXt", b"iTXt", b"zTXt") and d.startswith(b"Software")]
+
+
+def test_png_draws_the_series():
+    # the legend shows a C0 sample either way; the drawn line adds many more C0 pixels
+    drawn = _c0_pixels(render_png(Chart("c", "t", "line", (1, 2, 3), {"a": [0.1, 0.5, 0.3]})))
+    missing = _c0_pixels(render_png(Chart("c", "t", "line", (1, 2, 3), {"a": [None, None, None]})))
+    assert drawn > missing + 200
 
 
 def test_unknown_chart_kind_is_rejected():

@@ -67,7 +67,7 @@ def fuzz_app(tmp_path_factory, model_store_dir, profile_uri):
     """One app for the whole run: fixture models, SQLite profiles, a fixed clock (healthy heartbeat)."""
     from taar_web.app import create_app
     from taar_web.settings import Settings
-    from tests.web.conftest import Clock
+    from tests.fixtures.web import Clock
 
     settings = Settings(model_store=str(model_store_dir), profile_store=profile_uri, randomize=False,
                         random_seed=42, metrics_backend="none",

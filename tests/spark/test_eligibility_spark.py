@@ -10,8 +10,8 @@ import pytest
 
 from taar.eligibility import client_filter_column, client_passes, eligible_column, is_eligible, sql_condition
 from taar.profile import ADDON_FIELDS, row_to_payload, spark_payload_column
-from tests.spark.parquet_builders import ADDON_TYPE, SCHEMAS, addon
-from tests.unit.test_eligibility import CASES, OK
+from tests.fixtures.eligibility_cases import CASES, OK
+from tests.fixtures.parquet_builders import ADDON_TYPE, SCHEMAS, addon
 
 pytestmark = pytest.mark.spark
 

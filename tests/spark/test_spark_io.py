@@ -1,10 +1,8 @@
 """taar_etl.spark.io: Parquet reading, seeded ordering/sampling, latest rows, job sessions, dated inputs."""
 
 import datetime as dt
-import struct
 
 import pytest
-import xxhash
 
 from taar.publishing import producer_tag, publish
 from taar.storage import open_model_store
@@ -18,25 +16,14 @@ from taar_etl.spark.io import (
     sample_clients,
     xxhash_order,
 )
-from tests.spark.parquet_builders import addon, client_row, write_tables
+from tests.fixtures.parquet_builders import addon, client_row, write_tables
+from tests.fixtures.spark import py_xxhash
 
 pytestmark = pytest.mark.spark
 
 D = dt.date(2026, 3, 4)
 
 
-def _signed(u: int) -> int:
-    return u - (1 << 64) if u >= 1 << 63 else u
-
-
-def py_xxhash(seed: int, *keys: str) -> int:
-    """Independent transcription of Spark's ``xxhash64(seed_long, key...)``: XXH64 with Spark's
-    default seed 42 over the seed's 8 little-endian bytes, then each key's UTF-8 bytes with the
-    previous hash as seed."""
-    h = xxhash.xxh64_intdigest(struct.pack("<q", seed), seed=42)
-    for k in keys:
-        h = xxhash.xxh64_intdigest(k.encode("utf-8"), seed=h)
-    return _signed(h)
 
 
 @pytest.fixture(scope="module")

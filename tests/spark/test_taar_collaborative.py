@@ -21,8 +21,8 @@ from taar_dev.fake_amo import Catalogue, render_addon
 from taar_etl.amo import with_first_create_date
 from taar_etl.cli import ValidationError, run_job
 from taar_etl.spark import als
-from tests.spark.parquet_builders import addon, client_row, write_tables
-from tests.spark.test_spark_io import py_xxhash
+from tests.fixtures.parquet_builders import addon, client_row, write_tables
+from tests.fixtures.spark import py_xxhash
 
 pytestmark = pytest.mark.spark
 

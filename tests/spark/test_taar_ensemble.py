@@ -1,7 +1,7 @@
 """jobs/taar_ensemble.py end to end on synthetic telemetry (SPEC §8.10, §9.2, §13 Q2).
 
 The models the ensemble evaluates are built once per run from ``synthetic_small``
-(:mod:`tests.spark.synthetic_models`: small numpy versions of the daily jobs carrying the
+(:mod:`tests.fixtures.synthetic_models`: small numpy versions of the daily jobs carrying the
 planted clusters, locales and popularity) and published into a base store; each
 scenario copies that store and runs the job's ``main(argv)`` on the shared
 ``local[2]`` session.
@@ -18,13 +18,14 @@ import pytest
 from jobs import taar_ensemble
 from taar import codecs
 from taar.publishing import producer_tag, publish, read_artifact
+from taar.recommenders import ENSEMBLE_MEMBERS
 from taar.storage import open_model_store
-from tests.spark.synthetic_models import broken_models, build_models, publish_models
+from tests.fixtures.synthetic_models import broken_models, build_models, publish_models
 
 pytestmark = pytest.mark.spark
 
 K = 10
-COMPONENTS = ("collaborative", "similarity", "locale")
+COMPONENTS = ENSEMBLE_MEMBERS
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,8 @@ from taar import artifacts
 from taar.publishing import producer_tag, publish, read_artifact
 from taar.recommenders import build_engine
 from taar.storage import open_model_store
-from tests.spark.parquet_builders import addon, client_row, write_tables
-from tests.spark.test_spark_io import py_xxhash
+from tests.fixtures.parquet_builders import addon, client_row, write_tables
+from tests.fixtures.spark import py_xxhash
 
 pytestmark = pytest.mark.spark
 

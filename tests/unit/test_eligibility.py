@@ -1,30 +1,9 @@
 import pytest
 
-from taar.eligibility import EXCLUDED, client_passes, eligible_addon_ids, is_eligible, sql_condition
+from taar.eligibility import client_passes, eligible_addon_ids, is_eligible, sql_condition
+from tests.fixtures.eligibility_cases import CASES, OK
 
 pytestmark = pytest.mark.unit
-
-OK = {"addon_id": "a@x", "is_system": False, "user_disabled": False, "app_disabled": False,
-      "foreign_install": False, "blocklisted": False, "type": "extension", "signed_state": 2}
-
-#: (case, addon, expected) — the same table drives the Spark agreement test (tests/spark).
-CASES = [
-    ("plain", OK, True),
-    ("all flags null", {"addon_id": "a@x", "type": "extension"}, True),
-    ("system", OK | {"is_system": True}, False),
-    ("user disabled", OK | {"user_disabled": True}, False),
-    ("app disabled", OK | {"app_disabled": True}, False),
-    ("foreign", OK | {"foreign_install": True}, False),
-    ("blocklisted", OK | {"blocklisted": True}, False),
-    ("theme", OK | {"type": "theme"}, False),
-    ("null type", OK | {"type": None}, False),
-    ("unsigned", OK | {"signed_state": 0}, False),
-    ("signed null", OK | {"signed_state": None}, True),
-    ("null id", OK | {"addon_id": None}, False),
-    ("empty id", OK | {"addon_id": ""}, False),
-    ("excluded", OK | {"addon_id": next(iter(EXCLUDED))}, False),
-]
-
 
 @pytest.mark.parametrize("case, addon, expected", CASES, ids=[c[0] for c in CASES])
 def test_rule_table(case, addon, expected):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.release import ROOT, build_args, dockerfile, instruction, version_json_command
+from tests.fixtures.release import ROOT, build_args, dockerfile, instruction, version_json_command
 
 pytestmark = pytest.mark.unit
 

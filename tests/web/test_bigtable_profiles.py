@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from taar.storage import open_profile_store
-
-from . import models as fixtures
+from tests.fixtures import web_models as fixtures
 
 pytestmark = pytest.mark.integration
 

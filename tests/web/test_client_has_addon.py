@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from . import models as fixtures
+from tests.fixtures import web_models as fixtures
 
 pytestmark = pytest.mark.unit
 

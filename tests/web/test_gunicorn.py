@@ -24,9 +24,8 @@ import pytest
 
 from taar.publishing import publish
 from taar.storage import open_model_store
+from tests.fixtures import web_models as fixtures
 from tests.fixtures.emulators import free_port
-
-from . import models as fixtures
 
 
 @pytest.mark.unit

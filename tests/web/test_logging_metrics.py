@@ -10,8 +10,7 @@ import pytest
 from taar_web import request_log
 from taar_web.metrics import Metrics, RecordingBackend, build_backend, build_metrics
 from taar_web.settings import Settings
-
-from . import models as fixtures
+from tests.fixtures import web_models as fixtures
 
 pytestmark = pytest.mark.unit
 

@@ -11,8 +11,7 @@ import pytest
 
 from taar.artifacts import SERVICE_ARTIFACTS
 from taar.storage import open_model_store
-
-from . import models as fixtures
+from tests.fixtures import web_models as fixtures
 
 pytestmark = pytest.mark.unit
 

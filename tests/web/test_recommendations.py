@@ -1,6 +1,6 @@
 """``/v1/api/recommendations/<id>/`` over the fixture models (SPEC §4.2-4.5, §4.10).
 
-The expected rankings are worked out in ``tests/web/models.py``: the known client
+The expected rankings are worked out in ``tests/fixtures/web_models.py``: the known client
 (en-US, a@x installed) scores c 1.2, d 0.5, e 0.3, b 0.0, so with 3 results and
 no randomisation the answer is [c, d, e].
 """
@@ -13,8 +13,7 @@ import pytest
 
 from taar import hashing
 from taar.storage import ProfileTimeout, open_model_store
-
-from . import models as fixtures
+from tests.fixtures import web_models as fixtures
 
 pytestmark = pytest.mark.unit
 

@@ -20,8 +20,7 @@ from taar.publishing import publish, publish_group
 from taar.storage import open_model_store
 from taar_web.app import create_app, worker_started
 from taar_web.refresher import Refresher
-
-from . import models as fixtures
+from tests.fixtures import web_models as fixtures
 
 pytestmark = pytest.mark.unit
 

@@ -1,6 +1,6 @@
 """``/taarlite/api/v1/addon_recommendations/<guid>/`` (SPEC §4.7, §5.6).
 
-Fixture graph (``tests/web/models.py``): coinstall a-b 10, a-c 8, a-d 6, a-e 4,
+Fixture graph (``tests/fixtures/web_models.py``): coinstall a-b 10, a-c 8, a-d 6, a-e 4,
 b-c 2; ranking a 100, b 50, c 40, d 30, e 20. m = 0.05 x mean(ranking) = 0.05 x 48
 = 2.4, so the b-c pair is filtered out. Unfiltered row sums: a 28, b 12, c 10,
 d 6, e 4. For a@x, D = {b 10, c 8, d 6, e 4} (T = 20 keeps all four).
@@ -11,8 +11,7 @@ from __future__ import annotations
 import pytest
 
 from taar.storage import open_model_store
-
-from . import models as fixtures
+from tests.fixtures import web_models as fixtures
 
 pytestmark = pytest.mark.unit
 
@@ -137,8 +136,13 @@ def test_head_and_trailing_slash(client):
     assert client.get(f"{BASE}/a@x").status_code == 308
 
 
-def test_normalize_modes_match_the_recommender():
-    from taar.recommenders.guid_based import MODES
-    from taar_web.validation import NORMALIZE_MODES
+def test_openapi_normalize_enum_lists_the_recommender_modes():
+    import json
+    from importlib import resources
 
-    assert set(NORMALIZE_MODES) == set(MODES)
+    from taar.recommenders.guid_based import MODES
+
+    document = json.loads(resources.files("taar_web").joinpath("openapi.json").read_text())
+    enums = [p["schema"]["enum"] for path in document["paths"].values() for op in path.values()
+             if isinstance(op, dict) for p in op.get("parameters", ()) if p.get("name") == "normalize"]
+    assert enums and all(e == ["", *MODES] for e in enums)

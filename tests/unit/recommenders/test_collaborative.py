@@ -8,8 +8,7 @@ import pytest
 
 from taar.hashing import item_id
 from taar.recommenders import CollaborativeRecommender
-
-from . import toy
+from tests.fixtures import toy
 
 pytestmark = pytest.mark.unit
 

@@ -14,8 +14,7 @@ import pytest
 
 from taar.artifacts import ArtifactError
 from taar.recommenders import MODEL_KEYS, Engine, RecommendationManager, build_engine
-
-from . import toy
+from tests.fixtures import toy
 
 pytestmark = pytest.mark.unit
 

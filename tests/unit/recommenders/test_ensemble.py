@@ -9,9 +9,8 @@ inst dropped. Order x, y, z (y/z tie -> GUID), w.
 import pytest
 
 from taar.recommenders import EnsembleRecommender, LocaleRecommender
-
-from . import toy
-from .toy import RecordingMetrics, StubRecommender
+from tests.fixtures import toy
+from tests.fixtures.toy import RecordingMetrics, StubRecommender
 
 pytestmark = pytest.mark.unit
 

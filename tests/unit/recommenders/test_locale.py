@@ -6,8 +6,7 @@ Keys: en-US, en-GB, pt, pt-BR, de-AT, de-CH, de-DE, fr-CA, fr-BE.
 import pytest
 
 from taar.recommenders import LocaleRecommender
-
-from . import toy
+from tests.fixtures import toy
 
 pytestmark = pytest.mark.unit
 
@@ -50,7 +49,7 @@ def test_query_locale_is_used_when_the_profile_has_none(rec):
 
 
 @pytest.mark.parametrize("extra", [None, {}, {"locale": ""}, {"locale": "!!"}, {"locale": "e"},
-                                   {"locale": 12}, {"locale": "ja"}])
+                                   {"locale": 12}, {"locale": "ja"}, {"locale": "pt-BR\n"}])
 def test_cannot_recommend_without_a_usable_locale(rec, extra):
     p = toy.profile(locale="")
     assert not rec.can_recommend(p, extra)

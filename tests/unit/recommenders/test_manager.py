@@ -10,9 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from taar.recommenders import Recommendation, RecommendationManager, build_engine
-
-from . import toy
-from .toy import RecordingMetrics
+from tests.fixtures import toy
+from tests.fixtures.toy import RecordingMetrics
 
 pytestmark = pytest.mark.unit
 

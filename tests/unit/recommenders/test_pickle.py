@@ -8,8 +8,7 @@ import pickle
 import pytest
 
 from taar.recommenders import MODES, RecommendationManager, build_engine
-
-from . import toy
+from tests.fixtures import toy
 
 pytestmark = pytest.mark.unit
 

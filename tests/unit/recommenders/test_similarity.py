@@ -18,8 +18,7 @@ from taar import artifacts
 from taar.profile import normalise_profile
 from taar.recommenders import SimilarityRecommender, similarity
 from taar.recommenders.similarity import nearest_points, reference_scores, similarity_distances
-
-from . import toy
+from tests.fixtures import toy
 
 pytestmark = pytest.mark.unit
 
