@@ -28,19 +28,23 @@ Noise key (SPEC §8.6 step 5)
     ``sm://projects/P/secrets/S/versions/V`` (also accepted from
     ``--noise-key-ref``), resolved at run time. It never appears on the command
     line, in logs, artifacts or the sidecar. ``--dev-noise-key`` uses a fixed,
-    public development key (local target and tests); it is refused with a
-    ``gs://`` model store. ``--no-noise`` (exact counts, debugging) needs
-    ``--dev-noise-key`` too. No key and no ``--dev-noise-key``: exit 2.
+    public development key (tests; also used on the local deploy target,
+    ``TAAR_DEPLOY_TARGET=local``, when no key is set); it is refused with a
+    ``gs://`` model store and on ``TAAR_DEPLOY_TARGET=gcp``. ``--no-noise``
+    (exact counts, debugging) needs ``--dev-noise-key`` too. No key and no
+    development key: exit 2.
 
 Privacy guarantee
     Per release: epsilon-differential privacy for the add-on counts of one client
     (one client changes at most m cells by 1 each in total; Laplace scale
     m/epsilon). The locale threshold, shift, normalisation and top-k are
     post-processing. Per 28 days: the job publishes only on release days
-    (``--cadence-days`` N: days whose number since 1970-01-01 is a multiple of N;
-    other days exit 0 and leave the published model in place), so any 28 days
-    hold at most ceil(28/N) release dates and, by basic composition, the total
-    is ceil(28/N) x epsilon (defaults: N = 7, epsilon = 0.4 -> 4 x 0.4 = 1.6).
+    (``--cadence-days`` N: days whose number since 1970-01-01 is a multiple of N,
+    Thursdays for N = 7; other days exit 0 and leave the published model in
+    place, except once, to bootstrap a store with no locale model yet), so any
+    28 days hold at most ceil(28/N) release dates (plus that one bootstrap
+    release in a store's life) and, by basic composition, the total is
+    ceil(28/N) x epsilon (defaults: N = 7, epsilon = 0.4 -> 4 x 0.4 = 1.6).
     Enforced floor (exit 2 on every target): 0 < epsilon <= 1.0 and
     ceil(28/N) x epsilon <= 2.0.
 
@@ -66,6 +70,7 @@ import sys
 
 import numpy as np
 
+from taar import artifacts
 from taar.eligibility import client_filter_column, eligible_column
 from taar.publishing import producer_tag, publish
 from taar.storage import open_model_store
@@ -88,6 +93,7 @@ SOURCE_COLUMNS = ("client_id", "app_name", "normalized_channel", "locale", "acti
 
 #: Environment variable holding the noise secret or an ``sm://`` Secret Manager reference.
 NOISE_KEY_ENV = "TAAR_LOCALE_NOISE_KEY"
+DEPLOY_TARGET_ENV = "TAAR_DEPLOY_TARGET"
 SECRET_REF_PREFIX = "sm://"
 #: The fixed development key of ``--dev-noise-key``: public, so it gives no privacy.
 DEV_NOISE_KEY = b"taar-locale-development-noise-key (public, no privacy)"
@@ -144,9 +150,6 @@ def check_options(options) -> None:
         raise UsageError(f"--min-locale-clients must be >= 0, got {options.min_locale_clients}")
     if options.no_noise and not options.dev_noise_key:
         raise UsageError("--no-noise publishes exact counts: only allowed with --dev-noise-key")
-    if options.dev_noise_key and str(options.model_store).startswith("gs://"):
-        raise UsageError("--dev-noise-key is public: refused for a gs:// model store; set "
-                         f"{NOISE_KEY_ENV} or --noise-key-ref")
     if options.noise_key_ref is not None and not options.noise_key_ref.startswith(SECRET_REF_PREFIX):
         raise UsageError(f"--noise-key-ref must be a {SECRET_REF_PREFIX}projects/P/secrets/S/versions/V "
                          "reference (the key itself never goes on the command line)")
@@ -328,18 +331,36 @@ def build_locale_model(daily, whitelist, *, seed, noise_key=None, date=None, eps
 # --------------------------------------------------------------------------- driver
 
 
+def wants_dev_key(flag: bool, ref: str | None, environ) -> bool:
+    """``--dev-noise-key``, or the local deploy target (``TAAR_DEPLOY_TARGET=local``) without a real key.
+
+    Raises :class:`UsageError` for ``--dev-noise-key`` on the gcp target.
+    """
+    target = environ.get(DEPLOY_TARGET_ENV)
+    if flag and target == "gcp":
+        raise UsageError(f"--dev-noise-key is public: refused on the gcp deploy target; set {NOISE_KEY_ENV}")
+    return flag or (target == "local" and not ref and not environ.get(NOISE_KEY_ENV))
+
+
 def run(options) -> None:
     check_options(options)
+    dev = wants_dev_key(options.dev_noise_key, options.noise_key_ref, os.environ)
+    if dev and str(options.model_store).startswith("gs://"):
+        raise UsageError("the development noise key is public: refused for a gs:// model store; set "
+                         f"{NOISE_KEY_ENV} or --noise-key-ref")
+    noise_key, key_source = resolve_noise_key(options.noise_key_ref, os.environ, dev)
+    store = open_model_store(options.model_store)
     if not is_release_day(options.date, options.cadence_days):
-        logger.info("%s is not a release day of --cadence-days %d: nothing published, the latest locale model "
-                    "stays", options.date, options.cadence_days)
-        return
-    noise_key, key_source = resolve_noise_key(options.noise_key_ref, os.environ, options.dev_noise_key)
+        if store.stat(artifacts.get("locale").name) is not None:
+            logger.info("%s is not a release day of --cadence-days %d: nothing published, the latest locale "
+                        "model stays", options.date, options.cadence_days)
+            return
+        logger.warning("%s is not a release day of --cadence-days %d, but no locale model is published yet: "
+                       "publishing once (bootstrap)", options.date, options.cadence_days)
     if options.no_noise:
         logger.warning("--no-noise: publishing exact counts without differential privacy")
     elif key_source == "dev":
-        logger.warning("--dev-noise-key: the noise key is public, the model has no privacy guarantee")
-    store = open_model_store(options.model_store)
+        logger.warning("development noise key: the key is public, the model has no privacy guarantee")
     whitelist, _ = read_input_artifact(store, "whitelist", options.date, options.allow_latest_inputs)
     start, end = window(options.date, options.window_days)
     with job_session(JOB, options.spark_master, options.shuffle_partitions) as spark:

@@ -15,7 +15,9 @@ so :meth:`LocalModelStore.copy` with ``if_generation_match`` checks the current
 generation and switches the link atomically with respect to other writers of
 this store on this host. Objects written by older versions of this module (a
 plain file with an optional ``<leaf>.meta.json`` sidecar) are still read; the
-next write converts them.
+next write converts them. A copy made by following links (``shutil.copytree``
+without ``symlinks=True``) holds plain files; their metadata is found in the
+copied version whose data has the same size and modification time.
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ class LocalModelStore:
                     st = path.stat()
                     if not path.is_file():
                         return None
-                    metadata = self._read_sidecar(path)
+                    metadata = self._read_sidecar(path) or self._copied_version_metadata(path, st)
                     data = path.read_bytes() if with_data else None
                     generation = f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}"
             except FileNotFoundError:
@@ -245,6 +247,21 @@ class LocalModelStore:
             shutil.rmtree(old, ignore_errors=True)
 
     # ------------------------------------------------------------------ older layout
+
+    def _copied_version_metadata(self, path: Path, st: os.stat_result) -> dict[str, str]:
+        """Metadata for a plain file that is a link-following copy of this layout (``shutil.copytree``
+        dereferences links but keeps size and modification time): the version whose data matches both."""
+        versions = self._versions(path)
+        if not versions.is_dir():
+            return {}
+        for version in sorted(versions.iterdir(), reverse=True):
+            try:
+                data = (version / _DATA).stat()
+                if (data.st_size, data.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
+                    return _load_metadata(version / _META)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+        return {}
 
     def _read_sidecar(self, path: Path) -> dict[str, str]:
         try:

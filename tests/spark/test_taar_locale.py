@@ -307,10 +307,28 @@ def test_the_secret_reaches_no_artifact_sidecar_or_log_line(spark, tmp_path, sou
     assert sidecar["outputs"]["privacy"]["key_source"] == "env"
 
 
-def test_a_day_off_the_cadence_publishes_nothing(store, source, capsys):
-    assert job.main(_argv(store, source, "--cadence-days", "7")) == 0  # 20540 mod 7 = 2
+def test_off_the_cadence_a_store_is_bootstrapped_once_then_left_alone(spark, store, source, capsys):
+    # 20540 mod 7 = 2: D is not a release day, but nothing is published yet -> one bootstrap release
+    assert job.main(_argv(store, source, "--cadence-days", "7")) == 0
+    assert "publishing once (bootstrap)" in capsys.readouterr().out
+    assert store.stat(artifacts.get("locale").dated_name(D)) is not None
+    next_day = D + dt.timedelta(days=1)  # 20541 mod 7 = 3
+    assert job.main(_argv(store, source, "--cadence-days", "7", "--date", next_day.isoformat(),
+                          "--allow-latest-inputs")) == 0
     assert "not a release day" in capsys.readouterr().out
-    assert store.stat(artifacts.get("locale").name) is None
+    assert store.stat(artifacts.get("locale").dated_name(next_day)) is None
+    assert read_artifact(store, "locale")[1].version == "20260328"  # the published model stays
+
+
+def test_the_development_key_follows_the_deploy_target():
+    key = {job.NOISE_KEY_ENV: "k" * 40}
+    assert job.wants_dev_key(False, None, {"TAAR_DEPLOY_TARGET": "local"})
+    assert not job.wants_dev_key(False, None, {"TAAR_DEPLOY_TARGET": "local", **key})  # a real key wins
+    assert not job.wants_dev_key(False, None, {"TAAR_DEPLOY_TARGET": "gcp"})
+    assert not job.wants_dev_key(False, None, {})
+    assert job.wants_dev_key(True, None, {})
+    with pytest.raises(job.UsageError, match="gcp deploy target"):
+        job.wants_dev_key(True, None, {"TAAR_DEPLOY_TARGET": "gcp", **key})
 
 
 @pytest.mark.parametrize("extra, dev_key, env, message", [
@@ -324,6 +342,7 @@ def test_a_day_off_the_cadence_publishes_nothing(store, source, capsys):
 ])
 def test_weak_privacy_settings_are_usage_errors(store, source, capsys, monkeypatch, extra, dev_key, env, message):
     monkeypatch.delenv(job.NOISE_KEY_ENV, raising=False)
+    monkeypatch.delenv("TAAR_DEPLOY_TARGET", raising=False)
     if env:
         monkeypatch.setenv(job.NOISE_KEY_ENV, env)
     assert job.main(_argv(store, source, *extra, dev_key=dev_key)) == 2

@@ -172,3 +172,18 @@ def test_list_of_a_missing_root_is_empty_and_stat_of_a_directory_is_none(tmp_pat
     store = LocalModelStore(tmp_path)
     store.write_bytes("dir/obj", b"x")
     assert store.stat("dir") is None
+
+
+def test_a_link_following_copy_keeps_the_metadata(tmp_path):
+    import shutil
+
+    store = LocalModelStore(tmp_path / "a")
+    store.write_bytes("d/obj", b"v1", {"taar-date": "20260301"})
+    store.write_bytes("d/obj", b"v2", {"taar-date": "20260302"})
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # follows links: d/obj becomes a plain file
+    copy = LocalModelStore(tmp_path / "b")
+    assert not (tmp_path / "b" / "d" / "obj").is_symlink()
+    assert (copy.read_bytes("d/obj"), copy.stat("d/obj").metadata) == (b"v2", {"taar-date": "20260302"})
+    assert copy.list() == ["d/obj"]
+    copy.write_bytes("d/obj", b"v3", {"taar-date": "20260303"})  # the copy converts on write
+    assert (copy.read_bytes("d/obj"), store.read_bytes("d/obj")) == (b"v3", b"v2")
