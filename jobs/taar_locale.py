@@ -39,8 +39,8 @@ Privacy guarantee
     (one client changes at most m cells by 1 each in total; Laplace scale
     m/epsilon). The locale threshold, shift, normalisation and top-k are
     post-processing. Per 28 days: the job publishes only on release days
-    (``--cadence-days`` N: days whose number since 1970-01-01 is a multiple of N,
-    Thursdays for N = 7; other days exit 0 and leave the published model in
+    (``--cadence-days`` N: days a multiple of N days after Saturday 1970-01-03,
+    so Saturdays, the weekly DAG's logical date, for N = 7; other days exit 0 and leave the published model in
     place, except once, to bootstrap a store with no locale model yet), so any
     28 days hold at most ceil(28/N) release dates (plus that one bootstrap
     release in a store's life) and, by basic composition, the total is
@@ -102,6 +102,8 @@ MIN_KEY_BYTES = 32
 MAX_EPSILON = 1.0
 MAX_EPSILON_28_DAYS = 2.0
 BUDGET_DAYS = 28
+#: A release day of every cadence: a Saturday, like the weekly DAG's logical date (SPEC §8.6).
+CADENCE_ANCHOR = dt.date(1970, 1, 3)
 
 
 def build_parser():
@@ -114,7 +116,7 @@ def build_parser():
     p.add_argument("--min-locale-clients", type=float, default=500,
                    help="drop locales whose noisy client count is below this")
     p.add_argument("--cadence-days", type=int, default=7,
-                   help="publish only on days whose number since 1970-01-01 is a multiple of this")
+                   help="publish only on days a multiple of this many days after Saturday 1970-01-03")
     p.add_argument("--noise-key-ref", default=None,
                    help=f"Secret Manager reference {SECRET_REF_PREFIX}projects/P/secrets/S/versions/V of the "
                         f"noise key (default: env {NOISE_KEY_ENV}); never the key itself")
@@ -131,8 +133,8 @@ def epsilon_28_days(epsilon: float, cadence_days: int) -> float:
 
 
 def is_release_day(date: dt.date, cadence_days: int) -> bool:
-    """Release days are those whose number of days since 1970-01-01 is a multiple of ``cadence_days``."""
-    return (date - dt.date(1970, 1, 1)).days % cadence_days == 0
+    """Release days: a multiple of ``cadence_days`` days after :data:`CADENCE_ANCHOR` (weekly: Saturdays)."""
+    return (date - CADENCE_ANCHOR).days % cadence_days == 0
 
 
 def check_options(options) -> None:

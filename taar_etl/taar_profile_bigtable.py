@@ -15,8 +15,8 @@ Steps (``--steps``, a comma list, always run in this order; each is idempotent):
   staged rows in batches of ``--batch-size``, ``--parallelism`` batches in
   flight, each failed batch retried 3 times with backoff, skipping the rows of
   clients with a deletion request in [D − window, R] (staging may predate the
-  request); written + skipped must equal the manifest's count. Cells are stamped at the end of D, so a rerun rewrites
-  the same cells. A SQLite store then drops rows older than D − 90 days (the GC
+  request); written + skipped must equal the manifest's count. Cells are
+  stamped at the end of D, so a rerun rewrites the same cells. A SQLite store then drops rows older than D − 90 days (the GC
   rule's emulation).
 * ``delete-opt-outs``: deletes the rows of every client in ``deletion_request``
   over [min(R − window, last + 1), R], where ``last`` is the run date recorded by

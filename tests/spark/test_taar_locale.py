@@ -181,10 +181,11 @@ def test_budget_per_28_days_is_basic_composition():
     assert job.epsilon_28_days(0.4, 7) == pytest.approx(4 * 0.4)
     assert job.epsilon_28_days(0.4, 10) == pytest.approx(3 * 0.4)
     assert job.epsilon_28_days(0.05, 1) == pytest.approx(28 * 0.05)
-    # 2026-03-28 is day 20540 after 1970-01-01 (56 years = 20454 days with 14 leap days, + 31 + 28 + 27):
-    # 20540 = 10 * 2054, 20540 mod 7 = 2
-    assert job.is_release_day(D, 10) and not job.is_release_day(D, 7)
-    assert job.is_release_day(D - dt.timedelta(days=2), 7)
+    # 2026-03-28 is day 20540 after 1970-01-01 (56 years = 20454 days with 14 leap days, + 31 + 28 + 27),
+    # so 20538 days after the anchor Saturday 1970-01-03: 20538 = 7 * 2934 = 14 * 1467, 20538 mod 10 = 8
+    assert job.is_release_day(D, 7) and job.is_release_day(D, 14) and not job.is_release_day(D, 10)
+    assert not job.is_release_day(D + dt.timedelta(days=1), 7) and job.is_release_day(D + dt.timedelta(days=7), 7)
+    assert D.strftime("%a") == "Sat"
 
 
 def test_laplace_noise_has_scale_m_over_epsilon():
@@ -238,9 +239,9 @@ def test_keyed_noisy_model_from_spark_rows(daily):
 
 
 def _argv(store, source, *extra, dev_key=True):
-    # --cadence-days 10: D (day 20540) is a release day; 3 releases x 0.4 = 1.2 per 28 days
+    # default --cadence-days 7: D (a Saturday) is a release day; 4 releases x 0.4 = 1.6 per 28 days
     return ["--date", D.isoformat(), "--model-store", store.uri, "--source", source, "--spark-master", "local[2]",
-            "--min-locale-clients", "1", "--cadence-days", "10", *(["--dev-noise-key"] if dev_key else []), *extra]
+            "--min-locale-clients", "1", *(["--dev-noise-key"] if dev_key else []), *extra]
 
 
 def test_main_publishes_a_model_the_service_loads_and_is_idempotent_across_partitionings(spark, tmp_path, source):
@@ -264,7 +265,7 @@ def test_main_publishes_a_model_the_service_loads_and_is_idempotent_across_parti
     assert sidecar["evaluation"] is None and sidecar["seed"] == 9 and sidecar["inputs"]["clients"] == 6
     assert sidecar["outputs"]["privacy"] == {
         "mechanism": "laplace", "key": "hmac-sha256(secret, date, counts)", "key_source": "dev",
-        "epsilon_per_release": 0.4, "epsilon_28_days": pytest.approx(1.2)}
+        "epsilon_per_release": 0.4, "epsilon_28_days": pytest.approx(1.6)}
 
 
 def _every_output(store):
@@ -289,9 +290,9 @@ def test_the_secret_reaches_no_artifact_sidecar_or_log_line(spark, tmp_path, sou
     for attempt in range(2):  # a rerun of D publishes identical bytes: same key, date and input
         s = open_model_store(str(tmp_path / f"models-{attempt}"))
         publish(s, "whitelist", WHITELIST, D, producer_tag("test"))
-        # the largest allowed epsilon (1.0; day 20540 is a release day of N = 20, 2 x 1.0 per 28 days) and no
+        # the largest allowed epsilon (1.0; D is a release day of N = 14, 2 x 1.0 per 28 days) and no
         # locale threshold, so the handful of hand-built clients survive the noise
-        assert job.main(_argv(s, source, "--log-level", "DEBUG", "--epsilon", "1.0", "--cadence-days", "20",
+        assert job.main(_argv(s, source, "--log-level", "DEBUG", "--epsilon", "1.0", "--cadence-days", "14",
                               "--min-locale-clients", "0", dev_key=False)) == 0
         runs.append(s)
     name = artifacts.get("locale").dated_name(D)
@@ -308,16 +309,15 @@ def test_the_secret_reaches_no_artifact_sidecar_or_log_line(spark, tmp_path, sou
 
 
 def test_off_the_cadence_a_store_is_bootstrapped_once_then_left_alone(spark, store, source, capsys):
-    # 20540 mod 7 = 2: D is not a release day, but nothing is published yet -> one bootstrap release
-    assert job.main(_argv(store, source, "--cadence-days", "7")) == 0
+    # Sunday D + 1 is not a release day, but nothing is published yet -> one bootstrap release
+    sunday, monday = D + dt.timedelta(days=1), D + dt.timedelta(days=2)
+    assert job.main(_argv(store, source, "--date", sunday.isoformat(), "--allow-latest-inputs")) == 0
     assert "publishing once (bootstrap)" in capsys.readouterr().out
-    assert store.stat(artifacts.get("locale").dated_name(D)) is not None
-    next_day = D + dt.timedelta(days=1)  # 20541 mod 7 = 3
-    assert job.main(_argv(store, source, "--cadence-days", "7", "--date", next_day.isoformat(),
-                          "--allow-latest-inputs")) == 0
+    assert store.stat(artifacts.get("locale").dated_name(sunday)) is not None
+    assert job.main(_argv(store, source, "--date", monday.isoformat(), "--allow-latest-inputs")) == 0
     assert "not a release day" in capsys.readouterr().out
-    assert store.stat(artifacts.get("locale").dated_name(next_day)) is None
-    assert read_artifact(store, "locale")[1].version == "20260328"  # the published model stays
+    assert store.stat(artifacts.get("locale").dated_name(monday)) is None
+    assert read_artifact(store, "locale")[1].version == "20260329"  # the published model stays
 
 
 def test_the_development_key_follows_the_deploy_target():
@@ -350,8 +350,8 @@ def test_weak_privacy_settings_are_usage_errors(store, source, capsys, monkeypat
 
 
 def test_main_fails_loudly_on_an_empty_window(spark, store, source, capsys):
-    # 2026-07-06 is day 20540 + 100 = 20640, a release day of --cadence-days 10
-    code = job.main(_argv(store, source, "--date", "2026-07-06", "--allow-latest-inputs"))
+    # 2026-07-04 is D + 98 days, a Saturday: a release day
+    code = job.main(_argv(store, source, "--date", "2026-07-04", "--allow-latest-inputs"))
     assert code == 1
     assert "passed the client filter" in capsys.readouterr().out
     assert store.stat(artifacts.get("locale").name) is None
