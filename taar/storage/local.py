@@ -44,7 +44,7 @@ _LOCK_SUFFIX = ".lock"
 _VERSIONS_SUFFIX = ".v"
 _DATA, _META = "data", "meta.json"
 #: Attempts of a read racing a writer that removes the version it resolved.
-_READ_ATTEMPTS = 5
+_READ_ATTEMPTS = 20
 
 
 class LocalModelStore:
