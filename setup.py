@@ -27,7 +27,7 @@ ETL = [
     "matplotlib>=3.7",
     "xxhash>=3",
 ]
-SPARK = ["pyspark[ml,sql]>=3.5,<5", "pyarrow>=14", "pandas>=2,<3"]
+SPARK = ["pyspark[ml,sql]>=3.5,<5", "pyarrow>=14", "pandas>=2,<3", "google-cloud-secret-manager>=2.16"]
 AIRFLOW = [
     "apache-airflow>=3.0,<4",
     "apache-airflow-providers-google[cncf-kubernetes]>=10",

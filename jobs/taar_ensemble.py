@@ -112,6 +112,10 @@ def load_models(store):
             raw[key], descriptors[key] = read_artifact(store, key)
         except ArtifactNotFound as exc:
             raise JobFailed(f"required model {key!r} is not published in {store.uri}") from exc
+    pair = {key: descriptors[key].version for key in ("item_matrix", "addon_mapping")}
+    if len(set(pair.values())) != 1:  # a pair split across two dates maps item ids to the wrong GUIDs
+        raise JobFailed(f"collaborative pair from two dates in {store.uri}: item_matrix {pair['item_matrix']}, "
+                        f"addon_mapping {pair['addon_mapping']}")
     item_ids = [row.get("id") for row in raw["item_matrix"] if isinstance(row, dict)]
     models = {key: artifacts.normalise(key, obj, item_ids=item_ids if key == "addon_mapping" else None)
               for key, obj in raw.items()}

@@ -16,6 +16,7 @@ Method
     unordered pair {a, b} of a client's add-ons counts once, and ``C[a][b] = C[b][a]``
     is the number of clients having both (no self pairs). Pairs shared by fewer than
     ``--k-anonymity`` clients are suppressed in both directions; emptied rows vanish.
+    ``--k-anonymity`` below the documented floor of 10 (SPEC §8.8) is refused (exit 2).
 
 Artifacts
     ``coinstall`` (``taar/lite/guid_coinstallation.json.bz2`` + dated copy) and the
@@ -53,6 +54,10 @@ METRICS_PREFIX = "taar/lite"
 SOURCE_COLUMNS = ("client_id", "app_name", "normalized_channel", "active_addons", "submission_date")
 
 
+#: Documented floor of the small-cell suppression (SPEC §8.8): weaker values are refused.
+MIN_K_ANONYMITY = 10
+
+
 def build_parser():
     p = base_parser(__doc__, spark=True, prog=JOB)
     add_source_arguments(p)
@@ -71,8 +76,8 @@ def check_options(days: int, sample_rate: float, min_addons: int, k_anonymity: i
         raise UsageError(f"--sample-rate must be in (0, 1], got {sample_rate}")
     if min_addons < 2:
         raise UsageError(f"--min-addons must be >= 2 (a pair needs two add-ons), got {min_addons}")
-    if k_anonymity < 1:
-        raise UsageError(f"--k-anonymity must be >= 1, got {k_anonymity}")
+    if k_anonymity < MIN_K_ANONYMITY:
+        raise UsageError(f"--k-anonymity must be >= {MIN_K_ANONYMITY} (the documented floor), got {k_anonymity}")
 
 
 # --------------------------------------------------------------------------- transforms (Spark)

@@ -10,6 +10,14 @@ member by member and its latest objects are replaced only once every member has
 passed, in catalogue order. Nothing here catches storage errors: a failed write
 fails the job.
 
+Concurrency (SPEC §2.4): each latest object is replaced only if it is still at the
+generation seen when its date was checked (``if_generation_match``: a GCS
+precondition, a locked compare-and-switch in the local store). A publisher that
+loses the race raises :class:`PublishConflict` naming the object, so latest never
+goes back to an older date behind a newer publisher's back; a group publisher
+that loses on a later member first restores the members it already replaced
+(each conditional on its own write), so a group never keeps members of two dates.
+
 :func:`read_artifact` is the reader used by the service and the admin CLI; it
 verifies the recorded checksum, decodes, and returns a :class:`Descriptor`.
 """
@@ -28,12 +36,14 @@ import taar
 from taar import artifacts, codecs
 from taar.artifacts import Artifact
 from taar.storage.base import (
+    ABSENT,
     ArtifactNotFound,
     ChecksumMismatch,
     Descriptor,
     ModelStore,
     ObjectInfo,
     ObjectNotFound,
+    PreconditionFailed,
     StorageError,
 )
 
@@ -48,6 +58,10 @@ UNKNOWN_VERSION = "unknown"
 READ_ATTEMPTS = 3
 _READ_RETRY_DELAY_S = 0.05
 _DATE_RE = re.compile(r"^\d{8}$")
+
+
+class PublishConflict(StorageError):
+    """Another publisher replaced a latest object between our date check and our replacement."""
 
 
 @dataclass(frozen=True)
@@ -184,8 +198,8 @@ def _stage(store: ModelStore, artifact: Artifact, obj, date: dt.date, producer: 
     return _Staged(artifact, digest, len(data), decoded)
 
 
-def _latest_version(store: ModelStore, artifact: Artifact) -> str | None:
-    info = store.stat(artifact.name)
+def _version_of(store: ModelStore, artifact: Artifact, info: ObjectInfo | None) -> str | None:
+    """The ``taar-date`` of the latest object described by ``info`` (``None``: absent)."""
     if info is None:
         return None
     version = info.metadata.get(META_DATE, UNKNOWN_VERSION)
@@ -204,7 +218,8 @@ def _latest_version(store: ModelStore, artifact: Artifact) -> str | None:
 def _replace_latest(store, staged: list[_Staged], date: dt.date, force_latest: bool) -> list[PublishResult]:
     """Steps 4-6 of SPEC §2.4 for members that have all been staged, in catalogue order."""
     date_str = _date_str(date)
-    previous = {s.artifact.key: _latest_version(store, s.artifact) for s in staged}
+    seen = {s.artifact.key: store.stat(s.artifact.name) for s in staged}  # the generations the check is about
+    previous = {s.artifact.key: _version_of(store, s.artifact, seen[s.artifact.key]) for s in staged}
     # YYYYMMDD strings compare like dates; objects without metadata are always older.
     newer = {k: v for k, v in previous.items() if v not in (None, UNKNOWN_VERSION) and v > date_str}
     replace = force_latest or not newer
@@ -216,13 +231,23 @@ def _replace_latest(store, staged: list[_Staged], date: dt.date, force_latest: b
         )
 
     order = list(artifacts.CATALOGUE)
-    results = []
+    results, replaced = [], []
     for s in sorted(
         staged, key=lambda s: order.index(s.artifact.key) if s.artifact.key in order else len(order)
     ):
         dated = s.artifact.dated_name(date)
         if replace:
-            store.copy(dated, s.artifact.name)
+            before = seen[s.artifact.key]
+            try:
+                written = store.copy(dated, s.artifact.name,
+                                     if_generation_match=ABSENT if before is None else before.generation)
+            except PreconditionFailed as exc:
+                restored = _restore(store, replaced)
+                raise PublishConflict(
+                    f"latest object {store.uri}/{s.artifact.name} was replaced by another publisher after its "
+                    f"date was checked; not publishing {date_str} over it"
+                    + (f" (restored {', '.join(restored)})" if restored else "")) from exc
+            replaced.append((s.artifact, before, written))
             logger.info("replaced %s/%s with %s", store.uri, s.artifact.name, dated)
         results.append(
             PublishResult(
@@ -237,6 +262,34 @@ def _replace_latest(store, staged: list[_Staged], date: dt.date, force_latest: b
             )
         )
     return results
+
+
+def _restore(store: ModelStore, replaced) -> list[str]:
+    """Undo the latest replacements of a publisher that lost a race, newest first.
+
+    Each member goes back to the dated copy of the date it held before, only if it
+    still holds what this publisher wrote (else a newer publisher owns it now).
+    Returns the names restored.
+    """
+    restored = []
+    for artifact, before, written in reversed(replaced):
+        version = _version_of(store, artifact, before)
+        if version in (None, UNKNOWN_VERSION):
+            logger.error("cannot restore %s/%s: it held no dated version before", store.uri, artifact.name)
+            continue
+        source = artifact.dated_name(dt.datetime.strptime(version, "%Y%m%d").date())
+        try:
+            store.copy(source, artifact.name, if_generation_match=written.generation)
+        except PreconditionFailed:
+            logger.warning("%s/%s was replaced again meanwhile: left to the newer publisher", store.uri,
+                           artifact.name)
+            continue
+        except ObjectNotFound:
+            logger.error("cannot restore %s/%s: its dated copy %s is gone", store.uri, artifact.name, source)
+            continue
+        restored.append(artifact.name)
+        logger.warning("restored %s/%s to %s after losing a publishing race", store.uri, artifact.name, version)
+    return restored
 
 
 def publish(
@@ -325,8 +378,10 @@ def rollback(store: ModelStore, key_or_group: str, date: dt.date) -> tuple[Publi
     results = []
     for key in keys:
         artifact = artifacts.get(key)
-        previous = _latest_version(store, artifact)
-        store.copy(artifact.dated_name(date), artifact.name)
+        before = store.stat(artifact.name)
+        previous = _version_of(store, artifact, before)
+        store.copy(artifact.dated_name(date), artifact.name,
+                   if_generation_match=ABSENT if before is None else before.generation)
         descriptor = loaded[key][1]
         logger.info("rolled back %s/%s to %s (was %s)", store.uri, artifact.name, date_str, previous)
         results.append(

@@ -26,7 +26,7 @@ import pyarrow as pa
 from taar.eligibility import client_passes
 from taar.hashing import hash_client_id
 from taar_dev.synthetic_catalogue import DAY_S, MAX_CITIES, OSES, Catalogue
-from taar_dev.telemetry_schema import ADDON, CLIENT_COLUMNS, TABLE_SCHEMAS
+from taar_dev.telemetry_schema import ADDON, CLIENT_COLUMNS, FILE_SCHEMAS, TABLE_SCHEMAS
 
 #: Full schemas of SPEC §7.2. Files omit ``submission_date``: it is the Hive partition.
 GROUND_TRUTH_SCHEMA = pa.schema(
@@ -330,6 +330,10 @@ def generate_chunk(cat: Catalogue, params, first: int, n: int, rng) -> ChunkTabl
                 "client_id": pa.array([ids[i] for i in sel], pa.string()),
             }
         )
+
+    # Days without a request still get an (empty) partition: a missing day is an upstream failure (SPEC §8.5).
+    for day in dates:
+        tables["deletion_request"].setdefault(day, FILE_SCHEMAS["deletion_request"].empty_table())
 
     # Ground truth: newest eligible curated add-on per client (install days are strictly increasing).
     curated = np.zeros(cat.n_addons, bool)

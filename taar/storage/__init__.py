@@ -14,12 +14,14 @@ Backends import their Google client libraries only when first used.
 from __future__ import annotations
 
 from .base import (
+    ABSENT,
     ArtifactNotFound,
     ChecksumMismatch,
     Descriptor,
     ModelStore,
     ObjectInfo,
     ObjectNotFound,
+    PreconditionFailed,
     ProfileStore,
     ProfileStoreError,
     ProfileTimeout,
@@ -51,6 +53,7 @@ def open_profile_store(uri: str) -> SQLiteProfileStore | BigtableProfileStore:
 
 
 __all__ = [
+    "ABSENT",
     "ArtifactNotFound",
     "BigtableProfileStore",
     "ChecksumMismatch",
@@ -60,6 +63,7 @@ __all__ = [
     "ModelStore",
     "ObjectInfo",
     "ObjectNotFound",
+    "PreconditionFailed",
     "ProfileStore",
     "ProfileStoreError",
     "ProfileTimeout",

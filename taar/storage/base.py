@@ -24,6 +24,8 @@ from urllib.parse import unquote, urlsplit
 
 #: Suffix of the sidecar file holding an object's metadata in a local store.
 SIDECAR_SUFFIX = ".meta.json"
+#: ``if_generation_match`` value requiring that the object does not exist yet (GCS's generation 0).
+ABSENT = "0"
 
 
 # --------------------------------------------------------------------------- values
@@ -77,6 +79,15 @@ class ObjectNotFound(StorageError):
         super().__init__(f"object {name!r} not found in {uri}")
         self.uri = uri
         self.name = name
+
+
+class PreconditionFailed(StorageError):
+    """A conditional write found the object at another generation than the one it was given."""
+
+    def __init__(self, uri: str, name: str, expected: str):
+        self.uri, self.name, self.expected = uri, name, expected
+        seen = "absent" if expected == ABSENT else f"at generation {expected}"
+        super().__init__(f"{uri}/{name} changed since it was seen {seen}: another writer replaced it")
 
 
 class ArtifactNotFound(StorageError):
@@ -145,8 +156,13 @@ class ModelStore(Protocol):
     def write_bytes(self, name: str, data: bytes, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
         """Create or replace ``name`` with ``data`` and ``metadata`` (none: metadata removed)."""
 
-    def copy(self, src: str, dst: str) -> ObjectInfo:
-        """Replace ``dst`` by a copy of ``src``, metadata included (server-side on GCS)."""
+    def copy(self, src: str, dst: str, if_generation_match: str | None = None) -> ObjectInfo:
+        """Replace ``dst`` by a copy of ``src``, metadata included (server-side on GCS).
+
+        With ``if_generation_match`` (a ``generation`` from :meth:`stat`, or
+        :data:`ABSENT`) the copy happens only if ``dst`` is still at that generation,
+        atomically with the check; otherwise :class:`PreconditionFailed` is raised.
+        """
 
     def list(self, prefix: str = "") -> list[str]:
         """Return the sorted names of the objects starting with ``prefix`` (no sidecars)."""

@@ -17,7 +17,7 @@ import os
 import threading
 from collections.abc import Mapping
 
-from .base import ObjectInfo, ObjectNotFound, check_object_name
+from .base import ObjectInfo, ObjectNotFound, PreconditionFailed, check_object_name
 
 logger = logging.getLogger(__name__)
 
@@ -129,12 +129,18 @@ class GCSModelStore:
         blob.upload_from_string(data, content_type=_content_type(name))
         return self._info(name, blob)
 
-    def copy(self, src: str, dst: str) -> ObjectInfo:
+    def copy(self, src: str, dst: str, if_generation_match: str | None = None) -> ObjectInfo:
+        """Server-side copy; ``if_generation_match`` becomes GCS's ``ifGenerationMatch`` precondition on
+        ``dst`` (``"0"``: must not exist), checked by GCS atomically with the write."""
         from google.api_core.exceptions import NotFound
+        from google.api_core.exceptions import PreconditionFailed as GCSPreconditionFailed
 
         bucket = self._get_bucket()
+        condition = {} if if_generation_match is None else {"if_generation_match": int(if_generation_match)}
         try:
-            blob = bucket.copy_blob(bucket.blob(self._full(src)), bucket, self._full(dst))
+            blob = bucket.copy_blob(bucket.blob(self._full(src)), bucket, self._full(dst), **condition)
+        except GCSPreconditionFailed:
+            raise PreconditionFailed(self.uri, dst, if_generation_match) from None
         except NotFound:
             if bucket.get_blob(self._full(src)) is None:
                 raise ObjectNotFound(self.uri, src) from None

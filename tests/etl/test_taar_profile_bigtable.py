@@ -317,14 +317,25 @@ def test_bq_reads_select_the_columns_and_dates(monkeypatch):
     import pyarrow as pa
 
     calls = []
-    monkeypatch.setattr(sources, "query", lambda sql, params, project=None: calls.append((sql, params, project))
-                        or pa.table({"client_id": ["x"]}))
     start = D - dt.timedelta(days=29)
+    every_day = [start + dt.timedelta(days=i) for i in range(30)]
+
+    def fake_query(sql, params, project=None):
+        calls.append((sql, params, project))
+        return pa.table({"day": every_day}) if "DISTINCT" in sql else pa.table({"client_id": ["x"]})
+
+    monkeypatch.setattr(sources, "query", fake_query)
     table = sources.read_table("bq", "deletion_request", ["client_id"], start, D, project="billing",
                                tables=sources.bq_tables('{"deletion_request": "p.d.deletions"}'))
     assert table.num_rows == 1
-    assert calls == [("SELECT client_id FROM `p.d.deletions` WHERE DATE(submission_timestamp) BETWEEN @start "
-                      "AND @end", {"start": start, "end": D}, "billing")]
+    where = "WHERE DATE(submission_timestamp) BETWEEN @start AND @end"
+    assert calls == [  # the completeness check of every day of the window, then the read
+        (f"SELECT DISTINCT DATE(submission_timestamp) AS day FROM `p.d.deletions` {where}",
+         {"start": start, "end": D}, "billing"),
+        (f"SELECT client_id FROM `p.d.deletions` {where}", {"start": start, "end": D}, "billing")]
+    every_day.remove(D - dt.timedelta(days=2))
+    with pytest.raises(sources.SourceError, match="missing partitions of deletion_request: 2026-11-18$"):
+        sources.read_table("bq", "deletion_request", ["client_id"], start, D, project="billing")
 
 
 def test_the_dataproc_driver_defaults_to_the_spark_engine(monkeypatch):

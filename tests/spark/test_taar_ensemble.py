@@ -158,6 +158,17 @@ def test_broken_models_are_refused_and_latest_weights_stay(spark, ensemble_model
     assert refused["weights"]["published"] is None
 
 
+def test_a_collaborative_pair_from_two_dates_is_refused(base_store, synthetic_small, tmp_path, capsys):
+    shutil.copytree(base_store, tmp_path / "models")
+    store = open_model_store(str(tmp_path / "models"))
+    name = "addon_recommender/addon_mapping.json.bz2"
+    info = store.stat(name)
+    store.write_bytes(name, store.read_bytes(name), {**info.metadata, "taar-date": "20261113"})  # same bytes
+    assert run_job(synthetic_small, tmp_path / "models", tmp_path / "etl") == 1
+    assert "item_matrix 20261120, addon_mapping 20261113" in capsys.readouterr().out
+    assert store.stat("taar/ensemble/ensemble_weight.json.bz2") is None
+
+
 def test_missing_models_fail_with_exit_1(synthetic_small, tmp_path):
     assert run_job(synthetic_small, tmp_path / "empty", tmp_path / "etl") == 1
 

@@ -68,6 +68,14 @@ def source(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def source_x10(tmp_path_factory):
+    """Every client of ROWS ten times over (ids k1#0..k1#9): each count is 10 x ALL_PAIRS, so the
+    job runs with the floor --k-anonymity 10 and keeps every pair."""
+    rows = [{**r, "client_id": f"{r['client_id']}#{i}"} for r in ROWS for i in range(10)]
+    return write_tables(tmp_path_factory.mktemp("telemetry-x10"), clients_daily=rows)
+
+
+@pytest.fixture(scope="module")
 def daily_2d(spark, source):
     from taar_etl.spark.io import read_table
 
@@ -111,7 +119,7 @@ def test_sampling_keeps_exactly_the_hashed_half(daily_2d):
 
 def _argv(store, source, *extra):
     return ["--date", D.isoformat(), "--model-store", store.uri, "--source", source, "--spark-master", "local[2]",
-            "--days", "2", "--k-anonymity", "1", *extra]
+            "--days", "2", "--k-anonymity", "10", *extra]
 
 
 def _store(path):
@@ -120,17 +128,17 @@ def _store(path):
     return s
 
 
-def test_main_publishes_a_loadable_model_identically_across_partitionings(spark, tmp_path, source):
+def test_main_publishes_a_loadable_model_identically_across_partitionings(spark, tmp_path, source_x10):
     stores = []
     for n in (1, 4):
         s = _store(tmp_path / f"models-{n}")
-        assert job.main(_argv(s, source, "--shuffle-partitions", str(n))) == 0
+        assert job.main(_argv(s, source_x10, "--shuffle-partitions", str(n))) == 0
         stores.append(s)
     art = artifacts.get("coinstall")
     for name in (art.name, art.dated_name(D), "taar/lite/taar_lite_guidguid_metrics.json.bz2"):
         assert stores[0].read_bytes(name) == stores[1].read_bytes(name), name
     obj, _ = read_artifact(stores[0], "coinstall")
-    assert obj == ALL_PAIRS
+    assert obj == {a: {b: 10 * n for b, n in row.items()} for a, row in ALL_PAIRS.items()}
     engine = build_engine({"coinstall": artifacts.normalise("coinstall", obj)})
     assert {g for g, _ in engine.guid_based.recommend("a@x", limit=4)} == {"b@x", "c@x", "d@x"}
 
@@ -149,7 +157,8 @@ def test_main_without_the_dated_amo_database_fails(tmp_path, source, capsys):
     assert "amo_database" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("flag, value", [("--k-anonymity", "0"), ("--min-addons", "1"), ("--sample-rate", "0")])
+@pytest.mark.parametrize("flag, value", [("--k-anonymity", "0"), ("--k-anonymity", "9"), ("--min-addons", "1"),
+                                         ("--sample-rate", "0")])
 def test_bad_parameters_are_usage_errors(tmp_path, source, flag, value):
     assert job.main(_argv(_store(tmp_path / "models"), source, flag, value)) == 2
 

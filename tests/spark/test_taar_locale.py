@@ -132,6 +132,61 @@ def test_no_eligible_addon_anywhere_fails(daily):
 
 # --------------------------------------------------------------------------- noise (driver side)
 
+KEY = b"k" * 32
+
+
+def test_noise_key_is_fresh_per_date_and_reproducible_per_rerun():
+    grid = job.count_grid(EXACT_COUNTS, ["de", "en-US", "it"], WHITELIST)
+    seed_d = job.noise_seed(KEY, D, grid)
+    assert seed_d == job.noise_seed(KEY, D, grid.copy())  # a rerun of D on the same input
+    others = {job.noise_seed(KEY, D + dt.timedelta(days=1), grid),  # the next date
+              job.noise_seed(b"q" * 32, D, grid),  # another secret
+              job.noise_seed(KEY, D, grid + np.eye(3))}  # a rerun that saw different input
+    assert seed_d not in others and len(others) == 3
+    noise = {day: job.add_laplace_noise(grid, 0.4, 1, job.noise_seed(KEY, day, grid)) - grid
+             for day in (D, D + dt.timedelta(days=1))}
+    assert not np.allclose(noise[D], noise[D + dt.timedelta(days=1)])  # no noise matrix repeats
+    # The seed is HMAC-SHA256 over "taar_locale/noise/v1|<date>|<sha256 of the grid>", 256 bits.
+    import hashlib
+    import hmac
+    digest = hashlib.sha256(grid.tobytes() + repr(grid.shape).encode()).hexdigest()
+    mac = hmac.new(KEY, f"taar_locale/noise/v1|2026-03-28|{digest}".encode(), hashlib.sha256).digest()
+    assert seed_d == int.from_bytes(mac, "big")
+
+
+def test_noise_key_sources(monkeypatch):
+    env_key = "e" * 40
+    assert job.resolve_noise_key(None, {job.NOISE_KEY_ENV: env_key}, dev=False) == (env_key.encode(), "env")
+    assert job.resolve_noise_key(None, {job.NOISE_KEY_ENV: env_key}, dev=True) == (job.DEV_NOISE_KEY, "dev")
+    asked = []
+    monkeypatch.setattr(job, "access_secret", lambda name: asked.append(name) or b"s" * 32)
+    ref = "sm://projects/p/secrets/taar-locale-noise/versions/3"
+    assert job.resolve_noise_key(None, {job.NOISE_KEY_ENV: ref}, dev=False) == (b"s" * 32, "secret-manager")
+    assert job.resolve_noise_key(ref, {}, dev=False)[1] == "secret-manager"
+    assert asked == ["projects/p/secrets/taar-locale-noise/versions/3"] * 2
+    for bad in ({}, {job.NOISE_KEY_ENV: "short"}, {job.NOISE_KEY_ENV: "sm://nonsense"}):
+        with pytest.raises(job.UsageError):
+            job.resolve_noise_key(None, bad, dev=False)
+
+    def unreachable(name):
+        raise PermissionError("403 " + name)
+
+    monkeypatch.setattr(job, "access_secret", unreachable)
+    with pytest.raises(job.JobFailed, match="Secret Manager: PermissionError"):
+        job.resolve_noise_key(ref, {}, dev=False)
+
+
+def test_budget_per_28_days_is_basic_composition():
+    # ceil(28 / N) release dates in any 28 days, each costing epsilon
+    assert job.epsilon_28_days(0.4, 7) == pytest.approx(4 * 0.4)
+    assert job.epsilon_28_days(0.4, 10) == pytest.approx(3 * 0.4)
+    assert job.epsilon_28_days(0.05, 1) == pytest.approx(28 * 0.05)
+    # 2026-03-28 is day 20540 after 1970-01-01 (56 years = 20454 days with 14 leap days, + 31 + 28 + 27),
+    # so 20538 days after the anchor Saturday 1970-01-03: 20538 = 7 * 2934 = 14 * 1467, 20538 mod 10 = 8
+    assert job.is_release_day(D, 7) and job.is_release_day(D, 14) and not job.is_release_day(D, 10)
+    assert not job.is_release_day(D + dt.timedelta(days=1), 7) and job.is_release_day(D + dt.timedelta(days=7), 7)
+    assert D.strftime("%a") == "Sat"
+
 
 def test_laplace_noise_has_scale_m_over_epsilon():
     grid = np.zeros((50, 200))
@@ -170,9 +225,10 @@ def test_noisy_weights_are_unbiased_around_the_exact_ones_over_many_seeds():
     assert kept_xx == 0
 
 
-def test_seeded_noisy_model_from_spark_rows(daily):
-    model_a, _ = job.build_locale_model(daily, WHITELIST, seed=11, epsilon=50.0, min_locale_clients=1)
-    model_b, _ = job.build_locale_model(daily, WHITELIST, seed=11, epsilon=50.0, min_locale_clients=1)
+def test_keyed_noisy_model_from_spark_rows(daily):
+    keyed = {"seed": 11, "noise_key": KEY, "date": D, "epsilon": 50.0, "min_locale_clients": 1}
+    model_a, _ = job.build_locale_model(daily, WHITELIST, **keyed)
+    model_b, _ = job.build_locale_model(daily, WHITELIST, **keyed)
     assert model_a == model_b
     # epsilon 50 -> Laplace scale 0.02: the ranking of the exact counts survives, weights move a little
     assert [g for g, _ in model_a["en-US"]] == ["a@x", "b@x", "c@x"]
@@ -182,9 +238,10 @@ def test_seeded_noisy_model_from_spark_rows(daily):
 # --------------------------------------------------------------------------- the job end to end
 
 
-def _argv(store, source, *extra):
+def _argv(store, source, *extra, dev_key=True):
+    # default --cadence-days 7: D (a Saturday) is a release day; 4 releases x 0.4 = 1.6 per 28 days
     return ["--date", D.isoformat(), "--model-store", store.uri, "--source", source, "--spark-master", "local[2]",
-            "--min-locale-clients", "1", *extra]
+            "--min-locale-clients", "1", *(["--dev-noise-key"] if dev_key else []), *extra]
 
 
 def test_main_publishes_a_model_the_service_loads_and_is_idempotent_across_partitionings(spark, tmp_path, source):
@@ -206,10 +263,95 @@ def test_main_publishes_a_model_the_service_loads_and_is_idempotent_across_parti
     assert [g for g, _ in recs] == [g for g, _ in obj["en-US"]]
     sidecar, _ = read_artifact(stores[0], artifacts.metrics_artifact("taar_locale", "taar/locale"))
     assert sidecar["evaluation"] is None and sidecar["seed"] == 9 and sidecar["inputs"]["clients"] == 6
+    assert sidecar["outputs"]["privacy"] == {
+        "mechanism": "laplace", "key": "hmac-sha256(secret, date, counts)", "key_source": "dev",
+        "epsilon_per_release": 0.4, "epsilon_28_days": pytest.approx(1.6)}
+
+
+def _every_output(store):
+    """Every object of a store, bz2 objects also decompressed, as bytes."""
+    import bz2
+
+    for name in store.list(""):
+        data = store.read_bytes(name)
+        yield name, data
+        if name.endswith(".bz2"):
+            yield name, bz2.decompress(data)
+    for path in store.root.rglob("*.meta.json"):
+        yield path.name, path.read_bytes()
+
+
+def test_the_secret_reaches_no_artifact_sidecar_or_log_line(spark, tmp_path, source, capfd, monkeypatch):
+    import base64
+
+    secret = "correct-horse-battery-staple-0123456789"
+    monkeypatch.setenv(job.NOISE_KEY_ENV, secret)
+    runs = []
+    for attempt in range(2):  # a rerun of D publishes identical bytes: same key, date and input
+        s = open_model_store(str(tmp_path / f"models-{attempt}"))
+        publish(s, "whitelist", WHITELIST, D, producer_tag("test"))
+        # the largest allowed epsilon (1.0; D is a release day of N = 14, 2 x 1.0 per 28 days) and no
+        # locale threshold, so the handful of hand-built clients survive the noise
+        assert job.main(_argv(s, source, "--log-level", "DEBUG", "--epsilon", "1.0", "--cadence-days", "14",
+                              "--min-locale-clients", "0", dev_key=False)) == 0
+        runs.append(s)
+    name = artifacts.get("locale").dated_name(D)
+    assert runs[0].read_bytes(name) == runs[1].read_bytes(name)
+    out = capfd.readouterr()
+    forms = [secret.encode(), secret.encode().hex().encode(), base64.b64encode(secret.encode())]
+    outputs = [("stdout", out.out.encode()), ("stderr", out.err.encode()),
+               *(o for s in runs for o in _every_output(s))]
+    assert len(outputs) > 6 and b"locale model built" in outputs[0][1]
+    leaks = [(where, form) for where, data in outputs for form in forms if form in data]
+    assert leaks == []
+    sidecar, _ = read_artifact(runs[0], artifacts.metrics_artifact("taar_locale", "taar/locale"))
+    assert sidecar["outputs"]["privacy"]["key_source"] == "env"
+
+
+def test_off_the_cadence_a_store_is_bootstrapped_once_then_left_alone(spark, store, source, capsys):
+    # Sunday D + 1 is not a release day, but nothing is published yet -> one bootstrap release
+    sunday, monday = D + dt.timedelta(days=1), D + dt.timedelta(days=2)
+    assert job.main(_argv(store, source, "--date", sunday.isoformat(), "--allow-latest-inputs")) == 0
+    assert "publishing once (bootstrap)" in capsys.readouterr().out
+    assert store.stat(artifacts.get("locale").dated_name(sunday)) is not None
+    assert job.main(_argv(store, source, "--date", monday.isoformat(), "--allow-latest-inputs")) == 0
+    assert "not a release day" in capsys.readouterr().out
+    assert store.stat(artifacts.get("locale").dated_name(monday)) is None
+    assert read_artifact(store, "locale")[1].version == "20260329"  # the published model stays
+
+
+def test_the_development_key_follows_the_deploy_target():
+    key = {job.NOISE_KEY_ENV: "k" * 40}
+    assert job.wants_dev_key(False, None, {"TAAR_DEPLOY_TARGET": "local"})
+    assert not job.wants_dev_key(False, None, {"TAAR_DEPLOY_TARGET": "local", **key})  # a real key wins
+    assert not job.wants_dev_key(False, None, {"TAAR_DEPLOY_TARGET": "gcp"})
+    assert not job.wants_dev_key(False, None, {})
+    assert job.wants_dev_key(True, None, {})
+    with pytest.raises(job.UsageError, match="gcp deploy target"):
+        job.wants_dev_key(True, None, {"TAAR_DEPLOY_TARGET": "gcp", **key})
+
+
+@pytest.mark.parametrize("extra, dev_key, env, message", [
+    (["--epsilon", "1.5"], True, None, "floor"),
+    (["--epsilon", "0.4", "--cadence-days", "1"], True, None, "11.2 per 28 days"),  # 28 x 0.4
+    ([], False, None, "no noise key"),
+    ([], False, "too-short", "shorter than 32 bytes"),
+    (["--no-noise"], False, "x" * 40, "only allowed with --dev-noise-key"),
+    (["--noise-key-ref", "x" * 40], False, None, "reference"),
+    (["--model-store", "gs://bucket/models"], True, None, "refused for a gs:// model store"),
+])
+def test_weak_privacy_settings_are_usage_errors(store, source, capsys, monkeypatch, extra, dev_key, env, message):
+    monkeypatch.delenv(job.NOISE_KEY_ENV, raising=False)
+    monkeypatch.delenv("TAAR_DEPLOY_TARGET", raising=False)
+    if env:
+        monkeypatch.setenv(job.NOISE_KEY_ENV, env)
+    assert job.main(_argv(store, source, *extra, dev_key=dev_key)) == 2
+    assert message in capsys.readouterr().out
 
 
 def test_main_fails_loudly_on_an_empty_window(spark, store, source, capsys):
-    code = job.main(_argv(store, source, "--date", "2026-06-30", "--allow-latest-inputs"))
+    # 2026-07-04 is D + 98 days, a Saturday: a release day
+    code = job.main(_argv(store, source, "--date", "2026-07-04", "--allow-latest-inputs"))
     assert code == 1
     assert "passed the client filter" in capsys.readouterr().out
     assert store.stat(artifacts.get("locale").name) is None

@@ -101,19 +101,33 @@ def test_gcs_store_makes_no_client_until_used_and_pickles():
 # --------------------------------------------------------------------------- local layout
 
 
-def test_metadata_lives_in_a_sidecar_next_to_the_object(tmp_path):
+def test_object_and_metadata_live_in_one_version_behind_a_link(tmp_path):
     store = LocalModelStore(tmp_path)
-    store.write_bytes("a/obj.json.bz2", b"data", {"taar-date": "20260301"})
-    assert (tmp_path / "a" / "obj.json.bz2").read_bytes() == b"data"
-    assert json.loads((tmp_path / "a" / "obj.json.bz2.meta.json").read_text()) == {"taar-date": "20260301"}
+    info = store.write_bytes("a/obj.json.bz2", b"data", {"taar-date": "20260301"})
+    link = tmp_path / "a" / "obj.json.bz2"
+    assert link.is_symlink() and link.read_bytes() == b"data"  # cat still shows the bytes
+    version = tmp_path / "a" / ".obj.json.bz2.v" / info.generation
+    assert os.readlink(link) == f".obj.json.bz2.v/{info.generation}/data"
+    assert json.loads((version / "meta.json").read_text()) == {"taar-date": "20260301"}
     assert store.list() == ["a/obj.json.bz2"]
 
 
-def test_writing_without_metadata_removes_the_sidecar(tmp_path):
+def test_writing_without_metadata_clears_it(tmp_path):
     store = LocalModelStore(tmp_path)
     store.write_bytes("obj", b"1", {"k": "v"})
     store.write_bytes("obj", b"2")
+    assert store.stat("obj").metadata == {}
+
+
+def test_the_older_plain_file_layout_is_read_and_converted_on_write(tmp_path):
+    (tmp_path / "obj").write_bytes(b"old")
+    (tmp_path / "obj.meta.json").write_text('{"taar-date": "20260301"}')
+    store = LocalModelStore(tmp_path)
+    assert store.read_bytes("obj") == b"old" and store.stat("obj").metadata == {"taar-date": "20260301"}
+    assert store.list() == ["obj"]
+    store.write_bytes("obj", b"new", {"taar-date": "20260302"})
     assert not (tmp_path / "obj.meta.json").exists()
+    assert (store.read_bytes("obj"), store.stat("obj").metadata) == (b"new", {"taar-date": "20260302"})
 
 
 def test_sidecar_names_are_reserved(tmp_path):
@@ -126,7 +140,9 @@ def test_writes_leave_no_temporary_files_and_are_world_readable(tmp_path):
     for i in range(3):
         store.write_bytes("d/obj", b"x" * i, {"i": str(i)})
     store.copy("d/obj", "d/copy")
-    assert sorted(os.listdir(tmp_path / "d")) == ["copy", "copy.meta.json", "obj", "obj.meta.json"]
+    # one link, one lock and one version directory per object; older versions are gone
+    assert sorted(os.listdir(tmp_path / "d")) == [".copy.lock", ".copy.v", ".obj.lock", ".obj.v", "copy", "obj"]
+    assert [len(os.listdir(tmp_path / "d" / v)) for v in (".copy.v", ".obj.v")] == [1, 1]
     assert (tmp_path / "d" / "obj").stat().st_mode & 0o777 == 0o644
 
 
@@ -141,7 +157,8 @@ def test_failed_write_keeps_the_old_object_and_cleans_up(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         store.write_bytes("obj", b"new")
     assert store.read_bytes("obj") == b"old"
-    assert os.listdir(tmp_path) == ["obj"]
+    assert sorted(os.listdir(tmp_path)) == [".obj.lock", ".obj.v", "obj"]
+    assert len(os.listdir(tmp_path / ".obj.v")) == 1  # the failed version was removed
 
 
 def test_generation_changes_on_every_write_even_with_equal_size(tmp_path):
@@ -155,3 +172,18 @@ def test_list_of_a_missing_root_is_empty_and_stat_of_a_directory_is_none(tmp_pat
     store = LocalModelStore(tmp_path)
     store.write_bytes("dir/obj", b"x")
     assert store.stat("dir") is None
+
+
+def test_a_link_following_copy_keeps_the_metadata(tmp_path):
+    import shutil
+
+    store = LocalModelStore(tmp_path / "a")
+    store.write_bytes("d/obj", b"v1", {"taar-date": "20260301"})
+    store.write_bytes("d/obj", b"v2", {"taar-date": "20260302"})
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # follows links: d/obj becomes a plain file
+    copy = LocalModelStore(tmp_path / "b")
+    assert not (tmp_path / "b" / "d" / "obj").is_symlink()
+    assert (copy.read_bytes("d/obj"), copy.stat("d/obj").metadata) == (b"v2", {"taar-date": "20260302"})
+    assert copy.list() == ["d/obj"]
+    copy.write_bytes("d/obj", b"v3", {"taar-date": "20260303"})  # the copy converts on write
+    assert (copy.read_bytes("d/obj"), store.read_bytes("d/obj")) == (b"v3", b"v2")

@@ -51,9 +51,9 @@ class Recording:
         self.log.append(("write", name))
         return self.store.write_bytes(name, data, metadata)
 
-    def copy(self, src, dst):
+    def copy(self, src, dst, if_generation_match=None):
         self.log.append(("copy", dst))
-        return self.store.copy(src, dst)
+        return self.store.copy(src, dst, if_generation_match)
 
 
 def test_producer_tag_is_job_and_package_version():
