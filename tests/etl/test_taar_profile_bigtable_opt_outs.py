@@ -20,7 +20,7 @@ from taar.storage.bigtable_profiles import BigtableProfileStore
 from taar.storage.sqlite_profiles import SQLiteProfileStore
 from taar_dev.telemetry_schema import FILE_SCHEMAS
 from taar_etl.taar_profile_bigtable import DELETE_MARKER, delete_window, main, read_last_delete
-from tests.spark.parquet_builders import addon, client_row, write_table
+from tests.fixtures.parquet_builders import addon, client_row, write_table
 
 pytestmark = pytest.mark.integration
 
