@@ -21,8 +21,10 @@ from operator import itemgetter
 
 import numpy as np
 
-#: The recommender names of the ensemble, in their fixed order (SPEC §5.5).
-ENSEMBLE_MEMBERS = ("collaborative", "similarity", "locale")
+from taar.artifacts import ENSEMBLE_KEYS
+
+#: The recommender names of the ensemble, in their fixed order (SPEC §5.5): one list, the catalogue's.
+ENSEMBLE_MEMBERS = ENSEMBLE_KEYS
 
 
 class Recommender(abc.ABC):

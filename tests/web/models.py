@@ -14,6 +14,10 @@ Per-user (ensemble weights collaborative 1.0, similarity 1.0, locale 0.5):
 So :data:`KNOWN` (locale en-US, installed a@x) scores c 1.0 + 0.2 = 1.2, d 0.5,
 e 0.3, b 0.0; with ``TAAR_MAX_RESULTS=3`` and no randomisation: [c, d, e].
 
+Item-item (EASE neighbours) over b, c, d only: b -> c 0.5; c -> b 0.5, d 0.2. The
+legacy three-key weights give it weight 0, and KNOWN's a@x is not one of its items,
+so it changes none of the answers above.
+
 TAARlite: coinstall a-b 10, a-c 8, a-d 6, a-e 4, b-c 2 (symmetric); ranking a 100,
 b 50, c 40, d 30, e 20 (mean 48, min-installs m = 0.05 x 48 = 2.4, so the b-c pair
 of 2 is filtered out). See the TAARlite tests for the worked answers.
@@ -61,6 +65,8 @@ def _models() -> dict:
             "e@x": {"a@x": 4},
         },
         "ranking": {"a@x": 100, "b@x": 50, "c@x": 40, "d@x": 30, "e@x": 20},
+        "item_item": {"guids": ["b@x", "c@x", "d@x"], "neighbours": [[[1, 0.5]], [[0, 0.5], [2, 0.2]], []],
+                      "lambda": 100.0, "top_k": 2},
         "ensemble_weights": {"ensemble_weights": {"collaborative": 1.0, "similarity": 1.0, "locale": 0.5}},
     }
 

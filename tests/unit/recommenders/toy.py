@@ -87,6 +87,23 @@ LOCALE = {
     "it-IT": [["it1@x", 0.9], ["B@x", 0.4]],  # the similarity client's locale
 }
 
+# ---------------------------------------------------------------- item-item (EASE neighbours)
+# Row i lists [column, B_ij]: what installing guids[i] adds to each neighbour's score.
+# m-alpha (toy.profile()'s add-on) is not an item, so the default client gets nothing here.
+ITEM_ITEM_GUIDS = ["b-beta@x", "c-gamma@x", "d-delta@x", "us1@x"]
+ITEM_ITEM_ROWS = [
+    [[1, 0.5], [3, -0.2]],  # b-beta: c-gamma +0.5, us1 -0.2
+    [[0, 0.4], [2, 0.3], [3, 0.3]],  # c-gamma: b-beta +0.4, d-delta +0.3, us1 +0.3
+    [[1, 0.6]],  # d-delta: c-gamma +0.6
+    [],  # us1: reaches nothing
+]
+
+
+def item_item():
+    return {"guids": list(ITEM_ITEM_GUIDS), "neighbours": copy.deepcopy(ITEM_ITEM_ROWS), "lambda": 100.0,
+            "top_k": 3}
+
+
 # ---------------------------------------------------------------- TAARlite
 # Symmetric co-installation counts on five GUIDs:
 #   a-b 40, a-c 20, a-d 10, a-e 2, b-c 10, c-d 6, d-e 4
@@ -107,6 +124,7 @@ RANKING = {"a": 200, "b": 100, "c": 60, "d": 30, "e": 10}
 
 WHITELIST = ["b-beta@x", "c-gamma@x", "d-delta@x", "m-alpha@x", "us1@x", "us2@x"]
 
+# Legacy three-key weights: item_item loads with weight 0 (SPEC §2.8).
 ENSEMBLE_WEIGHTS = {"ensemble_weights": {"collaborative": 1.0, "similarity": 0.5, "locale": 2.0}}
 
 
@@ -116,6 +134,7 @@ def raw_models() -> dict:
         "whitelist": list(WHITELIST),
         "item_matrix": item_matrix(),
         "addon_mapping": addon_mapping(),
+        "item_item": item_item(),
         "locale": copy.deepcopy(LOCALE),
         "donors": copy.deepcopy(DONORS),
         "lr_curves": copy.deepcopy(LR_CURVES),
