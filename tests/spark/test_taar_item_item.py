@@ -205,7 +205,7 @@ def test_more_items_than_max_items_is_refused_with_exit_3(synthetic_small, input
     models = tmp_path / "models"
     shutil.copytree(inputs, models)
     assert run_main(synthetic_small, models, tmp_path / "etl", "--max-items", "10") == 3
-    assert "exceed --max-items 10" in capsys.readouterr().err
+    assert "exceed --max-items 10" in capsys.readouterr().out
     assert open_model_store(str(models)).stat(artifacts.get("item_item").name) is None
 
 
@@ -215,5 +215,6 @@ def test_bad_flags_exit_2(synthetic_small, tmp_path, flag, value):
     assert run_main(synthetic_small, tmp_path / "models", tmp_path / "etl", flag, value) == 2
 
 
-def test_missing_dated_inputs_fail(synthetic_small, tmp_path):
+def test_missing_dated_inputs_fail(synthetic_small, tmp_path, capsys):
     assert run_main(synthetic_small, tmp_path / "models", tmp_path / "etl") == 1
+    assert "input 'whitelist' for 2026-11-20 is missing" in capsys.readouterr().out
