@@ -4,8 +4,8 @@ Run: ``python -m bench.ensemble_search [--clients 35000] [--width 150]``. Prints
 JSON object and writes it to ``var/bench/ensemble_search.json``. The candidate
 matrices are random but shaped like the job's: ``--clients`` training clients
 (70 % of the default ``--max-clients`` 50000) with ``--width`` candidate GUIDs
-each (three lists of ``--candidates`` 50 minus overlaps), a held-out GUID listed
-for 90 % of them, and three recommenders whose scores carry a little signal.
+each (one list per ensemble member, four of ``--candidates`` 50 minus overlaps), a
+held-out GUID listed for 90 % of them, and members whose scores carry a little signal.
 Figures: packing time, seconds per objective evaluation, points evaluated, and
 the whole search.
 """
@@ -19,18 +19,20 @@ from pathlib import Path
 
 import numpy as np
 
+from taar.recommenders import ENSEMBLE_MEMBERS
 from taar_etl import ensemble_eval as ev
 
 
 def synthetic_data(n_clients: int, width: int, n_vocab: int = 2000, seed: int = 42) -> ev.EvalData:
     rng = np.random.default_rng(seed)
     recs, targets = {}, np.empty(n_clients, dtype=np.int64)
-    per_list = width // 3 + 10
-    guids = np.stack([rng.choice(n_vocab, per_list * 3, replace=False) for _ in range(n_clients)])
+    n = len(ENSEMBLE_MEMBERS)
+    per_list = width // n + 10
+    guids = np.stack([rng.choice(n_vocab, per_list * n, replace=False) for _ in range(n_clients)])
     targets[:] = guids[:, 0]
     unlisted = rng.random(n_clients) < 0.1
     targets[unlisted] = (guids[unlisted, 0] + 1) % n_vocab
-    for r, name in enumerate(("collaborative", "similarity", "locale")):
+    for r, name in enumerate(ENSEMBLE_MEMBERS):
         idx = guids[:, r * (per_list - 10): r * (per_list - 10) + per_list]
         score = rng.normal(size=idx.shape) + (idx == targets[:, None]) * (0.5 + r * 0.3)
         ptr = np.arange(n_clients + 1, dtype=np.int64) * per_list
@@ -53,7 +55,7 @@ def main(argv=None) -> dict:
     sigma = ev.scales(cands.top1)
     objective = ev.RankObjective(cands, sigma, options.k)
     started = time.perf_counter()
-    objective((53, 53, 54))
+    objective((40,) * len(ENSEMBLE_MEMBERS))
     one = time.perf_counter() - started
     objective.cache.clear()
     started = time.perf_counter()

@@ -1,20 +1,22 @@
 """Small numpy stand-ins for the model jobs, built from synthetic telemetry (ensemble tests only).
 
 The ensemble job evaluates whatever models are published; its tests need a
-plausible set (whitelist, collaborative pair, locale, similarity pair) built from
+plausible set (whitelist, collaborative pair, item_item, locale, similarity pair) built from
 the same synthetic data it evaluates on. The real jobs live in ``jobs/``; these
 short versions follow their recipes closely enough to carry the planted
 structure (clusters, locales, popularity) without Spark:
 
 * collaborative: item factors from a rank-``rank`` truncated SVD of the binary
   client x item matrix (``M = V·√S``), so ``M·Σ M[j]`` scores co-installation;
+* item_item: the EASE closed form of :mod:`taar_etl.spark.ease` on the same binary
+  matrix (λ 100, 30 neighbours per item), laid out as ``jobs/taar_item_item.py`` does;
 * locale: per-locale install counts of curated add-ons, normalised, top 10;
 * similarity: the first ``n_donors`` clients by hashed id as donors, LR curves
   from Gaussian KDEs of same-cluster vs other-cluster donor distances, with the
   planted cluster from the generator's ground truth.
 
-:func:`broken_models` scrambles each of them (shuffled item factors, shuffled
-locale lists and donor add-ons) for the quality-gate tests.
+:func:`broken_models` scrambles each of them (shuffled item factors and item-item
+columns, shuffled locale lists and donor add-ons) for the quality-gate tests.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ import numpy as np
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from jobs.taar_item_item import build_artifact
 from taar.eligibility import eligible_addon_ids
 from taar.hashing import item_id
 from taar.profile import row_to_payload
 from taar.recommenders import similarity_distances
+from taar_etl.spark import ease
 
 CONTINUOUS = ("subsession_length", "bookmark_count", "tab_open_count", "total_uri", "unique_tlds")
 CATEGORICAL = ("geo_city", "locale", "os")
@@ -65,6 +69,10 @@ def build_models(telemetry: Path, amo: Path, date, *, rank: int = 16, n_donors: 
     models["item_matrix"] = [{"id": ids[g], "features": factors[j].tolist()} for j, g in enumerate(items)]
     models["addon_mapping"] = {str(ids[g]): {"id": g, "name": g.split("@")[0], "isWebextension": True}
                                for g in items}
+
+    # item_item: EASE on the same matrix
+    neighbours = ease.fit(x.T @ x, 100.0, 30).neighbours
+    models["item_item"] = build_artifact(items, neighbours, 100.0, 30)
 
     # locale: normalised install counts per locale, top 10
     counts: dict[str, dict[str, int]] = {}
@@ -127,6 +135,10 @@ def broken_models(models: dict, seed: int = 0) -> dict:
     order = rng.permutation(len(features))
     broken["item_matrix"] = [{"id": row["id"], "features": features[j]}
                              for row, j in zip(models["item_matrix"], order, strict=True)]
+    columns = rng.permutation(len(models["item_item"]["guids"]))
+    broken["item_item"] = {**models["item_item"], "neighbours": [
+        sorted([int(columns[j]), w] for j, w in row if columns[j] != i)
+        for i, row in enumerate(models["item_item"]["neighbours"])]}
     guids = models["whitelist"]
     broken["locale"] = {loc: [[str(g), w] for g, (_, w) in zip(rng.choice(guids, len(rows), replace=False), rows,
                                                                 strict=True)]
@@ -142,5 +154,6 @@ def publish_models(store, models: dict, date) -> None:
 
     publish(store, "whitelist", models["whitelist"], date, producer_tag("test"))
     publish(store, "locale", models["locale"], date, producer_tag("test"))
+    publish(store, "item_item", models["item_item"], date, producer_tag("test"))
     publish_group(store, {k: models[k] for k in ("item_matrix", "addon_mapping")}, date, producer_tag("test"))
     publish_group(store, {k: models[k] for k in ("donors", "lr_curves")}, date, producer_tag("test"))

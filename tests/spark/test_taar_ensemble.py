@@ -24,7 +24,7 @@ from tests.spark.synthetic_models import broken_models, build_models, publish_mo
 pytestmark = pytest.mark.spark
 
 K = 10
-COMPONENTS = ("collaborative", "similarity", "locale")
+COMPONENTS = ("collaborative", "similarity", "locale", "item_item")
 
 
 @pytest.fixture(scope="session")
