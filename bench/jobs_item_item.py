@@ -146,7 +146,7 @@ def movielens(spark, path: Path, seed: int = 42) -> dict:
     pop = evaluation.popularity_scores(test_set.train)
     pop_s = time.monotonic() - started
     scorers = {
-        f"ALS {best_als['params']} (user factors)": (als.user_factor_scorer(user_factors, fitted.item_factors), als_s),
+        "ALS (user factors)": (als.user_factor_scorer(user_factors, fitted.item_factors), als_s),
         "ALS (serving: sum of item factors)": (als.item_sum_scorer(fitted.item_factors), als_s),
         f"EASE λ={best_full['lambda']:g} (full B)": (_dense_scorer(full), ease_s),
         f"EASE λ={best_served.lam:g} (served, top {EASE_TOP_K})": (ease.neighbour_scorer(served.neighbours), served_s),
