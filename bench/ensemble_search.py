@@ -4,8 +4,8 @@ Run: ``python -m bench.ensemble_search [--clients 35000] [--width 150]``. Prints
 JSON object and writes it to ``var/bench/ensemble_search.json``. The candidate
 matrices are random but shaped like the job's: ``--clients`` training clients
 (70 % of the default ``--max-clients`` 50000) with ``--width`` candidate GUIDs
-each (three lists of ``--candidates`` 50 minus overlaps), a held-out GUID listed
-for 90 % of them, and three recommenders whose scores carry a little signal.
+each (one list per ensemble member, four of ``--candidates`` 50 minus overlaps), a
+held-out GUID listed for 90 % of them, and members whose scores carry a little signal.
 Figures: packing time, seconds per objective evaluation, points evaluated, and
 the whole search.
 """
@@ -55,7 +55,7 @@ def main(argv=None) -> dict:
     sigma = ev.scales(cands.top1)
     objective = ev.RankObjective(cands, sigma, options.k)
     started = time.perf_counter()
-    objective((53, 53, 54))
+    objective((40,) * len(ENSEMBLE_MEMBERS))
     one = time.perf_counter() - started
     objective.cache.clear()
     started = time.perf_counter()

@@ -48,29 +48,30 @@ import argparse
 import logging
 import os
 import sys
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 
 import taar
-from taar.eligibility import client_filter_column, eligible_column
 from taar.evaluation import GateRefused, at_k, passes_gate, sidecar_evaluation
-from taar.hashing import item_id
 from taar.publishing import producer_tag, publish_group
 from taar.storage import open_model_store
-from taar_etl import amo
-from taar_etl.cli import JobFailed, UsageError, ValidationError, base_parser, run_job, window
+from taar_etl.cli import JobFailed, UsageError, base_parser, run_job, window
 from taar_etl.report import Table, write_evaluation_report
 from taar_etl.spark import als
+from taar_etl.spark.interactions import (
+    Item,
+    catalogue_items,
+    client_items,
+    index_interactions,
+    leave_last_out,
+)
 from taar_etl.spark.io import (
     add_source_arguments,
     job_session,
-    latest_row_per_client,
     publish_job_metrics,
     read_input_artifact,
     read_source,
-    xxhash_order,
 )
 
 logger = logging.getLogger(__name__)
@@ -121,84 +122,6 @@ def check_options(options) -> tuple[als.AlsParams, ...]:
         return als.parse_grid(options.grid, options.rank, options.reg_param, options.alpha)
     except ValueError as exc:
         raise UsageError(f"--grid: {exc}") from None
-
-
-# --------------------------------------------------------------------------- items (driver)
-
-
-@dataclass(frozen=True)
-class Item:
-    """One catalogue item: its GUID, 23-bit item id and display name."""
-
-    guid: str
-    item_id: int
-    name: str
-
-
-def catalogue_items(whitelist, amo_database, on_collision: str = "drop") -> list[Item]:
-    """Whitelisted GUIDs that AMO lists as webextensions, in GUID order (SPEC §8.9 step 1).
-
-    GUIDs whose item ids collide are all dropped with a warning; with
-    ``on_collision="fail"`` a collision raises :class:`ValidationError` instead.
-    """
-    webext = amo.webextension_guids(amo_database)
-    guids = sorted(set(whitelist) & webext)
-    by_id = defaultdict(list)
-    for g in guids:
-        by_id[item_id(g)].append(g)
-    clashes = {i: gs for i, gs in by_id.items() if len(gs) > 1}
-    if clashes:
-        detail = "; ".join(f"{i}: {', '.join(gs)}" for i, gs in sorted(clashes.items()))
-        if on_collision == "fail":
-            raise ValidationError(f"item id collision between GUIDs ({detail})")
-        logger.warning("dropping %d GUIDs whose item ids collide (%s)",
-                       sum(len(gs) for gs in clashes.values()), detail)
-    return [Item(g, item_id(g), amo.name(amo_database[g]) or "Unknown") for g in guids if item_id(g) not in clashes]
-
-
-# --------------------------------------------------------------------------- interactions (Spark)
-
-
-def client_items(daily, guids, channel: str = "release", sample_id_max: int = 100):
-    """``client_id, guid, install_day``: eligible item add-ons of each client's latest row.
-
-    Client filter (SPEC §7.4), ``sample_id < sample_id_max``, each client's latest
-    row in the window; a GUID listed twice keeps its latest ``install_day``.
-    """
-    from pyspark.sql import functions as F
-
-    keep = client_filter_column(channel) & (F.col("sample_id") < F.lit(sample_id_max))
-    valid = F.filter(F.coalesce(F.col("active_addons"), F.array()),
-                     lambda a: eligible_column(a, whitelist=sorted(guids)))
-    # Narrow each row to its eligible (addon_id, install_day) pairs before the per-client shuffle that
-    # picks the latest row: rows without any still count as a client's latest row.
-    narrow = daily.where(keep).select(
-        "client_id", "submission_date",
-        F.transform(valid, lambda a: F.struct(a["addon_id"].alias("addon_id"),
-                                              a["install_day"].alias("install_day"))).alias("items"))
-    exploded = latest_row_per_client(narrow).select("client_id", F.explode("items").alias("a"))
-    return (exploded.groupBy("client_id", F.col("a.addon_id").alias("guid"))
-            .agg(F.max("a.install_day").alias("install_day")))
-
-
-def index_interactions(pairs, guids, seed: int):
-    """``user, item, install_day, user_hash`` with dense indices (SPEC §8.9 step 2).
-
-    ``item`` is the position of the GUID in ``guids`` (sorted), ``user`` the rank
-    of the client id among all clients (0-based), ``user_hash`` =
-    ``xxhash64(seed, client_id)``. The client id goes no further than this.
-    """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    spark = pairs.sparkSession
-    items = spark.createDataFrame(list(enumerate(guids)), "item int, guid string")
-    # One ordered window over the distinct client ids: a single partition, but only one short column.
-    users = (pairs.select("client_id").distinct()
-             .withColumn("user", (F.row_number().over(Window.orderBy("client_id")) - 1).cast("int"))
-             .withColumn("user_hash", xxhash_order(seed, F.col("client_id"))))
-    return (pairs.join(F.broadcast(items), "guid").join(users, "client_id")
-            .select("user", "item", "install_day", "user_hash"))
 
 
 # --------------------------------------------------------------------------- artifacts (driver)
@@ -269,7 +192,7 @@ def train_and_evaluate(indexed, items, grid, options, fit) -> Outcome:
     n_interactions = indexed.count()
     if n_interactions == 0:
         raise JobFailed(f"no interaction: no client in the {options.window_days}-day window has an eligible item")
-    train, holdout = als.leave_last_out(indexed, options.eval_users)
+    train, holdout = leave_last_out(indexed, options.eval_users)
     train = train.cache()
     try:
         sets = als.collect_eval_sets(train, holdout, n_items)

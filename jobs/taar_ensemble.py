@@ -1,17 +1,17 @@
-"""Weekly ensemble weights: leave-last-out evaluation of the three recommenders (SPEC §8.10).
+"""Weekly ensemble weights: leave-last-out evaluation of the four recommenders (SPEC §8.10).
 
 Submitted as ``python jobs/taar_ensemble.py --date D [--spark-master local[2]] ...``
 (on Dataproc: the main file with the same arguments).
 
 Inputs
     ``clients_last_seen`` at D (``--source``: Parquet root or ``bq``); the latest
-    published ``whitelist``, ``item_matrix`` + ``addon_mapping``, ``locale``,
+    published ``whitelist``, ``item_matrix`` + ``addon_mapping``, ``item_item``, ``locale``,
     ``donors`` + ``lr_curves`` and, if any, the current ``ensemble_weights``.
 Steps
     Sample clients by ``xxhash64(seed, client_id)``, keep those with at least
     ``--min-addons`` eligible curated add-ons (the ``--max-clients`` smallest
     hashes), hold out each client's newest one, score every client with the
-    three recommenders on the executors (the engine is broadcast, i.e. pickled),
+    four recommenders on the executors (the engine is broadcast, i.e. pickled),
     split train/validation by another hash, search the weights on the training
     clients, compare on the validation clients (taar_etl.ensemble_eval).
 Outputs
@@ -60,7 +60,7 @@ logger = logging.getLogger("taar_etl.jobs.taar_ensemble")
 
 JOB = "taar_ensemble"
 PREFIX = "taar/ensemble"
-REQUIRED_MODELS = ("whitelist", "item_matrix", "addon_mapping", "locale", "donors", "lr_curves")
+REQUIRED_MODELS = ("whitelist", "item_matrix", "addon_mapping", "item_item", "locale", "donors", "lr_curves")
 REPORT_MAX_K = 20
 NEW, CURRENT, POPULARITY = "ensemble (new)", "ensemble (current)", "popularity"
 
@@ -134,6 +134,7 @@ def vocabulary(models) -> tuple[str, ...]:
     """Every GUID a model can recommend plus the whitelist, ascending (code = tie-break rank)."""
     guids = set(models["whitelist"])
     guids.update(entry["id"] for entry in models["addon_mapping"].values())
+    guids.update(models["item_item"]["guids"])
     guids.update(g for rows in models["locale"].values() for g, _ in rows)
     guids.update(g for donor in models["donors"] for g in donor.get("active_addons") or ())
     return tuple(sorted(g for g in guids if isinstance(g, str) and g))

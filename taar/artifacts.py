@@ -22,8 +22,11 @@ from dataclasses import dataclass
 from taar.profile import NUMBER_FIELDS, STRING_FIELDS, convert_legacy_keys
 
 ID_LIMIT = 1 << 23
-#: The recommender names of the ensemble, in their fixed order: the keys of ``ensemble_weights`` (SPEC §5.5).
-ENSEMBLE_MEMBERS = ("collaborative", "similarity", "locale")
+#: The recommender names of the ensemble, in their fixed order: the keys of ``ensemble_weights``
+#: (SPEC §5.5); item_item is the fourth (SPEC §5.8).
+ENSEMBLE_MEMBERS = ("collaborative", "similarity", "locale", "item_item")
+#: What a legacy three-member ``ensemble_weights`` object lacks; it loads with weight 0 (SPEC §2.8).
+LEGACY_MISSING_WEIGHTS = {"item_item": 0.0}
 
 
 class ArtifactError(ValueError):
@@ -37,7 +40,11 @@ class ArtifactError(ValueError):
 
 @dataclass(frozen=True)
 class Artifact:
-    """One catalogue entry. ``base`` is the uncompressed name, ``name`` the latest object."""
+    """One catalogue entry. ``base`` is the uncompressed name, ``name`` the latest object.
+
+    ``optional`` service artifacts are not in the service's default required set:
+    the service starts and answers without them (SPEC §6.3).
+    """
 
     key: str
     base: str
@@ -45,6 +52,7 @@ class Artifact:
     cadence: str = "daily"
     group: str | None = None
     service: bool = False
+    optional: bool = False
 
     @property
     def name(self) -> str:
@@ -69,6 +77,7 @@ _ENTRIES = [
              group="collaborative", service=True),
     Artifact("addon_mapping", "addon_recommender/addon_mapping.json", "taar_collaborative",
              group="collaborative", service=True),
+    Artifact("item_item", "addon_recommender/item_item.json", "taar_item_item", service=True, optional=True),
     Artifact("locale", "taar/locale/top10_dict.json", "taar_locale", service=True),
     Artifact("donors", "taar/similarity/donors.json", "taar_similarity", group="similarity", service=True),
     Artifact("lr_curves", "taar/similarity/lr_curves.json", "taar_similarity", group="similarity", service=True),
@@ -81,6 +90,8 @@ _ENTRIES = [
 #: Every artifact, in catalogue order (the order latest objects are replaced in).
 CATALOGUE: dict[str, Artifact] = {a.key: a for a in _ENTRIES}
 SERVICE_ARTIFACTS: tuple[str, ...] = tuple(a.key for a in _ENTRIES if a.service)
+#: The service's default ``TAAR_REQUIRED_MODELS``: every service artifact that is not optional.
+DEFAULT_REQUIRED_MODELS: tuple[str, ...] = tuple(a.key for a in _ENTRIES if a.service and not a.optional)
 GROUPS: dict[str, tuple[str, ...]] = {
     group: tuple(a.key for a in _ENTRIES if a.group == group) for group in dict.fromkeys(
         a.group for a in _ENTRIES if a.group)
@@ -214,11 +225,38 @@ def _check_lr_curves(key, obj, strict):
         prev = x
 
 
+def _check_item_item(key, obj, strict):
+    _require(key, isinstance(obj, Mapping), "expected an object")
+    guids, rows = obj.get("guids"), obj.get("neighbours")
+    _check_whitelist(key, guids, strict)
+    n = len(guids)
+    top_k = obj.get("top_k")
+    _require(key, _is_count(top_k), f"top_k {top_k!r} is not an int >= 1")
+    _require(key, _finite(obj.get("lambda")) and obj["lambda"] > 0, "lambda is not a finite number > 0")
+    _require(key, isinstance(rows, list) and len(rows) == n, f"neighbours is not a list of {n} rows")
+    pairs = 0
+    for i, row in enumerate(rows):
+        _require(key, isinstance(row, list) and len(row) <= top_k, f"row {i} is not a list of at most top_k pairs")
+        prev = -1
+        for pair in row:
+            ok = isinstance(pair, list | tuple) and len(pair) == 2
+            j = pair[0] if ok else None
+            _require(key, ok and isinstance(j, int) and not isinstance(j, bool) and 0 <= j < n and j != i,
+                     f"row {i} has a malformed pair {pair!r} (expected [column != row, weight])")
+            _require(key, _finite(pair[1]) and pair[1] != 0, f"row {i} weight {pair[1]!r} is not finite and != 0")
+            _require(key, j > prev, f"row {i} columns are not strictly increasing")
+            prev = j
+        pairs += len(row)
+    _require(key, pairs > 0, "has no neighbour weight")
+
+
 def _check_ensemble(key, obj, strict):
     _require(key, isinstance(obj, Mapping) and isinstance(obj.get("ensemble_weights"), Mapping),
              'expected {"ensemble_weights": {...}}')
     w = obj["ensemble_weights"]
-    _require(key, set(w) == set(ENSEMBLE_MEMBERS), f"keys must be exactly {', '.join(ENSEMBLE_MEMBERS)}")
+    legacy = set(ENSEMBLE_MEMBERS) - set(LEGACY_MISSING_WEIGHTS)
+    _require(key, set(w) in (set(ENSEMBLE_MEMBERS), legacy),
+             f"keys must be exactly {', '.join(ENSEMBLE_MEMBERS)} (or the legacy {', '.join(sorted(legacy))})")
     _require(key, all(_finite(v) and v >= 0 for v in w.values()), "weights must be finite and >= 0")
     _require(key, any(v > 0 for v in w.values()), "weights are all zero")
 
@@ -259,6 +297,7 @@ _CHECKS = {
     "donors": _check_donors,
     "lr_curves": _check_lr_curves,
     "ensemble_weights": _check_ensemble,
+    "item_item": _check_item_item,
     "coinstall": _check_coinstall,
     "ranking": _check_ranking,
     "amo_database": _check_amo_db,
@@ -341,6 +380,10 @@ def _normalise_obj(key, obj):
         return rows
     if key == "ranking" and isinstance(obj, dict):
         return {g: c for g, c in obj.items() if g and g != "null"}
+    if key == "ensemble_weights" and isinstance(obj, Mapping) and isinstance(obj.get("ensemble_weights"), Mapping):
+        weights = obj["ensemble_weights"]
+        if set(weights) == set(ENSEMBLE_MEMBERS) - set(LEGACY_MISSING_WEIGHTS):
+            return {**obj, "ensemble_weights": {**weights, **LEGACY_MISSING_WEIGHTS}}
     return obj
 
 

@@ -12,7 +12,8 @@ the rest, in two halves:
 * Driver side: blocks are merged in a fixed client order (:func:`merge_blocks`),
   packed into per-client candidate matrices (:func:`candidate_matrices`), scaled
   by ``σ_r`` (:func:`scales`), and the non-negative weights are searched on the
-  simplex (:func:`search_weights`): a 231-point grid, then pairwise refinement.
+  simplex (:func:`search_weights`): a grid in steps of 0.05 (1771 points for the
+  four members), then pairwise refinement.
   Weights are integers in units of 1/160 (0.05 = 8 units, refinement steps 4, 2,
   1 = 0.025, 0.0125, 0.00625), so comparisons and ties are exact.
 
@@ -37,7 +38,7 @@ from taar.recommenders import ENSEMBLE_MEMBERS
 logger = logging.getLogger(__name__)
 
 UNITS = 160  # one weight unit = 1/160 = 0.00625
-GRID_STEP = 8  # 0.05 -> 231 grid points
+GRID_STEP = 8  # 0.05 -> 231 grid points for 3 members, 1771 for 4
 REFINE_STEPS = (4, 2, 1)  # 0.025, 0.0125, 0.00625
 NDCG_DECIMALS = 12  # NDCG values equal to this precision count as tied
 
@@ -294,7 +295,7 @@ class SearchResult:
         return tuple(u / UNITS for u in self.units)
 
 
-def simplex_grid(n: int = 3, step: int = GRID_STEP, total: int = UNITS) -> list[tuple[int, ...]]:
+def simplex_grid(n: int = len(ENSEMBLE_MEMBERS), step: int = GRID_STEP, total: int = UNITS) -> list[tuple[int, ...]]:
     """Every non-negative ``n``-vector of multiples of ``step`` summing to ``total``, ascending."""
     levels = range(0, total + 1, step)
     return [w for w in itertools.product(levels, repeat=n) if sum(w) == total]

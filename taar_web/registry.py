@@ -117,7 +117,7 @@ def _end_of(version: str) -> dt.datetime | None:
 
 
 class ModelRegistry:
-    """Loads the nine service artifacts and keeps a swappable :class:`Snapshot`.
+    """Loads the service artifacts (SPEC §2.7) and keeps a swappable :class:`Snapshot`.
 
     Parameters
     ----------

@@ -13,7 +13,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 
-from taar.artifacts import SERVICE_ARTIFACTS
+from taar.artifacts import DEFAULT_REQUIRED_MODELS, SERVICE_ARTIFACTS
 
 METRICS_BACKENDS = ("statsd", "logging", "none")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -40,7 +40,7 @@ class Settings:
     candidate_pool: int = 0
     model_refresh_seconds: float = 3600.0
     model_max_age_hours: float = 48.0
-    required_models: tuple[str, ...] = tuple(SERVICE_ARTIFACTS)
+    required_models: tuple[str, ...] = DEFAULT_REQUIRED_MODELS
     model_load_timeout_seconds: float = 120.0
     profile_timeout_ms: int = 150
     client_has_addon_token: str | None = None
@@ -100,7 +100,7 @@ class Settings:
             candidate_pool=env.integer("TAAR_CANDIDATE_POOL", 0, minimum=0),
             model_refresh_seconds=env.number("TAAR_MODEL_REFRESH_SECONDS", 3600.0, minimum=1.0),
             model_max_age_hours=env.number("TAAR_MODEL_MAX_AGE_HOURS", 48.0, minimum=0.0),
-            required_models=env.keys("TAAR_REQUIRED_MODELS", tuple(SERVICE_ARTIFACTS)),
+            required_models=env.keys("TAAR_REQUIRED_MODELS", DEFAULT_REQUIRED_MODELS),
             model_load_timeout_seconds=env.number("TAAR_MODEL_LOAD_TIMEOUT_SECONDS", 120.0, minimum=1.0),
             profile_timeout_ms=env.integer("TAAR_PROFILE_TIMEOUT_MS", 150, minimum=1),
             client_has_addon_token=env.text("TAAR_CLIENT_HAS_ADDON_TOKEN") or None,

@@ -1,4 +1,4 @@
-"""Add-on recommenders: collaborative, similarity, locale, ensemble, TAARlite (SPEC §5).
+"""Add-on recommenders: collaborative, similarity, locale, item-item, ensemble, TAARlite (SPEC §5).
 
 Build them all with :func:`build_engine` from normalised artifacts; answer
 per-user requests with :class:`RecommendationManager` and related-add-on
@@ -10,6 +10,7 @@ from .collaborative import CollaborativeRecommender
 from .engine import MODEL_KEYS, Engine, build_engine
 from .ensemble import EnsembleRecommender
 from .guid_based import MODES, GuidBasedRecommender
+from .item_item import ItemItemRecommender
 from .locale import LocaleRecommender
 from .manager import Recommendation, RecommendationManager, fresh_seed
 from .randomizer import weighted_sample
@@ -23,6 +24,7 @@ __all__ = [
     "Engine",
     "EnsembleRecommender",
     "GuidBasedRecommender",
+    "ItemItemRecommender",
     "LocaleRecommender",
     "Recommendation",
     "RecommendationManager",

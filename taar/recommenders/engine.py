@@ -19,6 +19,7 @@ from taar.hashing import test_weight
 from .collaborative import CollaborativeRecommender
 from .ensemble import EnsembleRecommender
 from .guid_based import DEFAULT_MODE, GuidBasedRecommender
+from .item_item import ItemItemRecommender
 from .locale import LocaleRecommender
 from .similarity import SimilarityRecommender
 
@@ -33,7 +34,7 @@ class Engine:
 
     Attributes
     ----------
-    collaborative, similarity, locale, ensemble : Recommender
+    collaborative, similarity, locale, item_item, ensemble : Recommender
         Always present; each may be unable to recommend when its artifacts are missing.
     guid_based : GuidBasedRecommender
         TAARlite; empty when ``coinstall`` is missing.
@@ -55,11 +56,12 @@ class Engine:
         Version per artifact key, as passed by the caller (for logs only).
     """
 
-    def __init__(self, *, collaborative, similarity, locale, ensemble, guid_based, whitelist,
+    def __init__(self, *, collaborative, similarity, locale, item_item, ensemble, guid_based, whitelist,
                  loaded, model_versions):
         self.collaborative = collaborative
         self.similarity = similarity
         self.locale = locale
+        self.item_item = item_item
         self.ensemble = ensemble
         self.guid_based = guid_based
         self.whitelist = whitelist
@@ -104,13 +106,15 @@ def build_engine(models: Mapping[str, object], *, taarlite_truncate: int = 20,
                                                    addon_mapping=get("addon_mapping"))
     similarity = SimilarityRecommender().fit(donors=get("donors"), lr_curves=get("lr_curves"))
     locale = LocaleRecommender().fit(locale=get("locale"))
+    item_item = ItemItemRecommender().fit(item_item=get("item_item"))
     ensemble = EnsembleRecommender().fit(collaborative=collaborative, similarity=similarity, locale=locale,
-                                         ensemble_weights=get("ensemble_weights"))
+                                         item_item=item_item, ensemble_weights=get("ensemble_weights"))
     guid_based = GuidBasedRecommender(truncate=taarlite_truncate, cache_size=taarlite_cache_size).fit(
         coinstall=get("coinstall"), ranking=get("ranking"))
     whitelist = get("whitelist")
     loaded = frozenset(k for k in MODEL_KEYS if get(k) is not None)
     logger.info("engine built", extra={"models": sorted(loaded)})
-    return Engine(collaborative=collaborative, similarity=similarity, locale=locale, ensemble=ensemble,
+    return Engine(collaborative=collaborative, similarity=similarity, locale=locale, item_item=item_item,
+                  ensemble=ensemble,
                   guid_based=guid_based, whitelist=tuple(whitelist) if whitelist else None,
                   loaded=loaded, model_versions=dict(model_versions or {}))

@@ -14,7 +14,7 @@ import logging
 import math
 from collections.abc import Mapping
 
-from taar.artifacts import ArtifactError
+from taar.artifacts import LEGACY_MISSING_WEIGHTS, ArtifactError
 
 from .base import ENSEMBLE_MEMBERS, Recommender, check_limit, incr, sort_pairs, timer
 
@@ -24,13 +24,16 @@ DEFAULT_WEIGHT = 1.0
 
 
 def parse_weights(ensemble_weights) -> tuple[dict[str, float], bool]:
-    """``(weights, defaulted)`` from the artifact; 1.0 each when it is missing."""
+    """``(weights, defaulted)`` from the artifact; 1.0 each when it is missing.
+
+    A legacy three-member object (no ``item_item``) gives the missing member weight 0 (SPEC §2.8).
+    """
     if ensemble_weights is None:
         return dict.fromkeys(ENSEMBLE_MEMBERS, DEFAULT_WEIGHT), True
     inner = ensemble_weights.get("ensemble_weights", ensemble_weights)
     weights = {}
     for name in ENSEMBLE_MEMBERS:
-        value = inner.get(name)
+        value = inner.get(name, LEGACY_MISSING_WEIGHTS.get(name))
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise ArtifactError("ensemble_weights", f"weight for {name!r} is not a finite number: {value!r}")
         weights[name] = float(value)
@@ -38,22 +41,22 @@ def parse_weights(ensemble_weights) -> tuple[dict[str, float], bool]:
 
 
 class EnsembleRecommender(Recommender):
-    """Sums ``score × W_r`` over collaborative, similarity and locale.
+    """Sums ``score × W_r`` over collaborative, similarity, locale and item_item.
 
     Attributes
     ----------
     members_ : tuple of (str, Recommender)
-        The sub-recommenders in the fixed order collaborative, similarity, locale.
+        The sub-recommenders in the fixed order of ``ENSEMBLE_MEMBERS``.
     weights_ : dict[str, float]
         ``W_r`` per member.
     weights_defaulted_ : bool
         True when no ``ensemble_weights`` artifact was given (1.0 each).
     """
 
-    def fit(self, collaborative=None, similarity=None, locale=None,
+    def fit(self, collaborative=None, similarity=None, locale=None, item_item=None,
             ensemble_weights=None) -> EnsembleRecommender:
         """Keep the fitted sub-recommenders and parse the weights artifact."""
-        given = {"collaborative": collaborative, "similarity": similarity, "locale": locale}
+        given = {"collaborative": collaborative, "similarity": similarity, "locale": locale, "item_item": item_item}
         self.members_ = tuple((name, given[name]) for name in ENSEMBLE_MEMBERS if given[name] is not None)
         self.weights_, self.weights_defaulted_ = parse_weights(ensemble_weights)
         return self

@@ -1,4 +1,4 @@
-"""Implicit-feedback ALS: training, leave-last-out holdout and serving-formula evaluation.
+"""Implicit-feedback ALS: training and serving-formula evaluation (holdout: taar_etl.spark.interactions).
 
 The collaborative job (``jobs/taar_collaborative.py``, SPEC §8.9) and the
 collaborative benchmark (``bench/jobs_collaborative.py``, SPEC §13 Q1) share this
@@ -96,46 +96,6 @@ def parse_grid(spec: str, rank: int, reg_param: float, alpha: float) -> tuple[Al
     return grid
 
 
-# --------------------------------------------------------------------------- Spark: holdout
-
-
-def leave_last_out(interactions, eval_users: int, key_col: str = "user_hash",
-                   order_col: str = "install_day"):
-    """Hold out each user's newest item and pick the evaluation users (SPEC §8.9 step 3).
-
-    ``interactions`` has ``user``, ``item``, ``order_col`` (newer = larger; nulls
-    count as oldest) and ``key_col``, a per-user 64-bit hash such as
-    ``xxhash64(seed, client_id)``. For users with at least two items the newest
-    (ties: smallest item index, i.e. GUID ascending) is held out. Held-out users go
-    to ``validation`` when the hash is even, ``test`` when odd; each role keeps the
-    ``eval_users`` users with the smallest hashes.
-
-    Returns ``(train, holdout)``: ``train`` = ``user, item, rating`` (every
-    non-held-out pair), ``holdout`` = ``user, item, role`` (capped roles only).
-    """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    by_user = Window.partitionBy("user")
-    newest_first = by_user.orderBy(F.col(order_col).desc_nulls_last(), F.col("item").asc())
-    ranked = (
-        interactions.withColumn("n_items", F.count(F.lit(1)).over(by_user))
-        .withColumn("pos", F.row_number().over(newest_first))
-    )
-    is_held = (F.col("n_items") >= 2) & (F.col("pos") == 1)
-    train = ranked.where(~is_held).select("user", "item", F.lit(1.0).cast("float").alias("rating"))
-    role = F.when(F.pmod(F.col(key_col), F.lit(2)) == 0, F.lit("validation")).otherwise(F.lit("test"))
-    capped = Window.partitionBy("role").orderBy(F.col(key_col), F.col("user"))
-    holdout = (
-        ranked.where(is_held)
-        .select("user", "item", key_col, role.alias("role"))
-        .withColumn("slot", F.row_number().over(capped))
-        .where(F.col("slot") <= eval_users)
-        .select("user", "item", "role")
-    )
-    return train, holdout
-
-
 # --------------------------------------------------------------------------- evaluation sets
 
 
@@ -182,7 +142,7 @@ def eval_set_from_lists(users: Sequence[int], train_items: Sequence[Sequence[int
 def collect_eval_sets(train, holdout, n_items: int) -> dict[str, EvalSet]:
     """Collect each holdout role's users with their training items onto the driver.
 
-    ``train`` and ``holdout`` are the DataFrames of :func:`leave_last_out`. Returns
+    ``train`` and ``holdout`` are the DataFrames of :func:`taar_etl.spark.interactions.leave_last_out`. Returns
     ``{role: EvalSet}`` for the roles present, users in ascending index order.
     """
     from pyspark.sql import functions as F

@@ -57,6 +57,7 @@ METRICS_JOBS = {
     "taar_locale": "taar/locale",
     "taar_similarity": "taar/similarity",
     "taar_collaborative": "addon_recommender",
+    "taar_item_item": "addon_recommender",
     "taar_lite_guidguid": "taar/lite",
     "taar_ensemble": "taar/ensemble",
 }
@@ -192,8 +193,10 @@ def test_service_artifacts_are_consistent_with_the_whitelist(succeeded):
     mapping = read_artifact(succeeded.store, "addon_mapping")[0]
     locale = read_artifact(succeeded.store, "locale")[0]
     donors = read_artifact(succeeded.store, "donors")[0]
+    item_item = read_artifact(succeeded.store, "item_item")[0]
     # the per-user models are built from curated add-ons only (SPEC §0)
     assert {entry["id"] for entry in mapping.values()} <= whitelist
+    assert set(item_item["guids"]) <= whitelist and any(item_item["neighbours"])
     assert {guid for rows in locale.values() for guid, _ in rows} <= whitelist
     assert {guid for donor in donors for guid in donor["active_addons"]} <= whitelist
 
@@ -302,6 +305,26 @@ def test_recommendations_for_a_known_client(service, succeeded, client_with_addo
     assert len(results) == len(set(results)) <= 10  # TAAR_MAX_RESULTS default
     assert set(results) <= whitelist
     assert not set(results) & set(installed)
+
+
+def test_item_item_is_served_and_explained(service, succeeded):
+    """The ensemble's fourth member answers in the running service (SPEC §5.8): its contributions show in explain."""
+    store = open_profile_store(succeeded.layout.profile_store)
+    items = set(read_artifact(succeeded.store, "item_item")[0]["guids"])
+    weights = read_artifact(succeeded.store, "ensemble_weights")[0]["ensemble_weights"]
+    assert set(weights) == {"collaborative", "similarity", "locale", "item_item"}
+    sample = (succeeded.layout.telemetry / "_synthetic" / "sample_hashed_ids.txt").read_text().split()
+    asked = 0
+    for hashed_id in sample:
+        data = store.get(hashed_id, timeout_s=5.0)
+        if not data or not set(normalise_profile(decode_payload(data), hashed_id)["installed_addons"]) & items:
+            continue
+        status, body = service.get(f"/v1/api/recommendations/{hashed_id}/?explain=1")
+        assert status == 200, body
+        asked += 1
+        if any("item_item" in info["sources"] for info in body["result_info"]):
+            return
+    pytest.fail(f"no item_item contribution in the explained answers of {asked} clients holding an item")
 
 
 def test_promoted_addons_come_first(service, client_with_addons):

@@ -32,7 +32,7 @@ def test_list_reports_every_artifact_with_version_age_size_checksum(store, capsy
     store.write_bytes("taar/locale/top10_dict.json", legacy)  # a pre-existing object: plain JSON, no metadata
     updated = store.stat("taar/locale/top10_dict.json").updated
     rows = {r["key"]: r for r in list_artifacts(store, now=updated + dt.timedelta(hours=2))}
-    assert len(rows) == 13  # the whole catalogue
+    assert len(rows) == 14  # the whole catalogue
     assert rows["whitelist"]["version"] == "20260301" and rows["whitelist"]["sha256"] == result.sha256
     assert rows["whitelist"]["size"] == result.size
     assert rows["locale"] | {"age_hours": None} == {
@@ -47,7 +47,7 @@ def test_list_reports_every_artifact_with_version_age_size_checksum(store, capsy
     assert [line.split()[:2] for line in out if line.startswith(("whitelist", "ranking"))] == [
         ["whitelist", "20260301"], ["ranking", "missing"]]
     assert cli(store, "list", "--json") == 0
-    assert len(json.loads(capsys.readouterr().out)) == 13
+    assert len(json.loads(capsys.readouterr().out)) == 14
 
 
 def test_show_summarises_latest_or_dated_copy(store, capsys):

@@ -1,5 +1,6 @@
 """The ensemble evaluation core (taar_etl.ensemble_eval), on cases worked out by hand."""
 
+import dataclasses
 import pickle
 
 import numpy as np
@@ -122,6 +123,7 @@ def test_merge_order_does_not_depend_on_partitioning():
 #   client 0: target c; collaborative d 0.9, a 0.5; similarity a 2.0; locale b 0.3, d 0.1
 #             -> candidates a, b, d (GUID order); c is listed by nobody -> target_col -1
 #   client 1: target e; collaborative -; similarity e 1.0, c 0.5; locale e 0.2 -> candidates c, e
+#   item_item lists nothing for either (HAND_ITEM_ITEM below gives client 0 its target c 0.7)
 def _lists(rows):
     ptr = np.cumsum([0] + [len(r) for r in rows])
     return ev.Lists(ptr, np.array([g for r in rows for g, _ in r], dtype=np.int64),
@@ -134,8 +136,10 @@ HAND = ev.EvalData(
     history=ev.Lists(np.array([0, 1, 2]), np.array([0, 0])),
     recs={"collaborative": _lists([[(3, 0.9), (0, 0.5)], []]),
           "similarity": _lists([[(0, 2.0)], [(4, 1.0), (2, 0.5)]]),
-          "locale": _lists([[(1, 0.3), (3, 0.1)], [(4, 0.2)]])},
+          "locale": _lists([[(1, 0.3), (3, 0.1)], [(4, 0.2)]]),
+          "item_item": _lists([[], []])},
     can={}, unknown_guids=0)
+HAND_ITEM_ITEM = dataclasses.replace(HAND, recs={**HAND.recs, "item_item": _lists([[(2, 0.7)], []])})
 
 
 def test_candidate_matrices_pack_the_union_in_guid_order():
@@ -145,25 +149,36 @@ def test_candidate_matrices_pack_the_union_in_guid_order():
     assert c.scores[1].tolist() == [[2.0, 0.0, 0.0], [0.5, 1.0, 0.0]]  # similarity
     assert c.present[2].tolist() == [[False, True, True], [False, True, False]]  # locale
     assert c.target_col.tolist() == [-1, 1]
-    np.testing.assert_array_equal(c.top1, [[0.9, np.nan], [2.0, 1.0], [0.3, 0.2]])
+    np.testing.assert_array_equal(c.top1, [[0.9, np.nan], [2.0, 1.0], [0.3, 0.2], [np.nan, np.nan]])
 
 
 def test_objective_counts_hits_and_ndcg():
     c = ev.candidate_matrices(HAND, 5)
-    objective = ev.RankObjective(c, np.ones(3), k=1)
-    # w = (1,1,1): client 0's target is no candidate (miss); client 1: c 0.5 < e 1.2 -> rank 0
-    assert objective((1, 1, 1)) == (1, 1.0)
-    # w = (0,0,1): client 1 scores c 0 (listed by similarity only), e 0.2 -> still rank 0
-    assert objective.ranks((0, 0, 1)).tolist() == [3, 0]
+    objective = ev.RankObjective(c, np.ones(4), k=1)
+    # w = (1,1,1,0): client 0's target is no candidate (miss); client 1: c 0.5 < e 1.2 -> rank 0
+    assert objective((1, 1, 1, 0)) == (1, 1.0)
+    # w = (0,0,1,0): client 1 scores c 0 (listed by similarity only), e 0.2 -> still rank 0
+    assert objective.ranks((0, 0, 1, 0)).tolist() == [3, 0]
+
+
+def test_the_fourth_member_counts_in_the_objective():
+    c = ev.candidate_matrices(HAND_ITEM_ITEM, 5)
+    # client 0's candidates become a, b, c, d: c (code 2) is now listed, in column 2
+    assert c.guid[0].tolist() == [0, 1, 2, 3] and c.target_col.tolist() == [2, 1]
+    objective = ev.RankObjective(c, np.ones(4), k=1)
+    # w = (0,0,0,1): client 0: c 0.7, a b d 0 -> rank 0 (hit); client 1: c and e both 0, GUID order c, e -> rank 1
+    assert objective.ranks((0, 0, 0, 1)).tolist() == [0, 1]
+    # w = (1,1,1,1): client 0: a 0.5 + 2.0 = 2.5, d 0.9 + 0.1 = 1.0, c 0.7, b 0.3 -> rank 2
+    assert objective.ranks((1, 1, 1, 1)).tolist() == [2, 0]
 
 
 def test_curves_of_one_recommender_alone_use_only_its_list():
     c = ev.candidate_matrices(HAND, 5)
     # collaborative alone: client 1 has no list -> miss; client 0's target c is never listed -> miss
-    alone = ev.combined_curves(c, [1, 0, 0], 2, 5, only=0)
+    alone = ev.combined_curves(c, [1, 0, 0, 0], 2, 5, only=0)
     assert alone["hr"] == [0.0, 0.0]
     # similarity alone: client 1 ranks e (1.0) over c (0.5) -> hit at 1: HR@1 = 1/2; coverage@1 = {a, e} = 2/5
-    sim = ev.combined_curves(c, [0, 1, 0], 2, 5, only=1)
+    sim = ev.combined_curves(c, [0, 1, 0, 0], 2, 5, only=1)
     assert sim["hr"][0] == pytest.approx(0.5) and sim["coverage"][0] == pytest.approx(2 / 5)
 
 
@@ -189,8 +204,14 @@ def test_scales_are_median_absolute_top1_or_one():
     assert ev.scales(top1).tolist() == [2.0, 1.0, 1.0]
 
 
-def test_simplex_grid_has_231_points_in_lexicographic_order():
+def test_simplex_grid_has_1771_points_for_four_members():
     grid = ev.simplex_grid()
+    assert len(grid) == 1771  # C(20 + 3, 3) = 23·22·21 / 6
+    assert grid[0] == (0, 0, 0, 160) and grid[-1] == (160, 0, 0, 0)
+
+
+def test_simplex_grid_has_231_points_in_lexicographic_order():
+    grid = ev.simplex_grid(3)
     assert len(grid) == 231  # C(20 + 2, 2)
     assert grid[0] == (0, 0, 160) and grid[-1] == (160, 0, 0)
     assert grid == sorted(grid) and all(sum(w) == 160 and all(x % 8 == 0 for x in w) for w in grid)
@@ -203,20 +224,20 @@ def test_search_refines_between_grid_points():
     def objective(w):
         return 100 - (abs(w[0] - 43) + abs(w[1] - 77) + abs(w[2] - 40)), 0.0
 
-    result = ev.search_weights(objective, n_users=100)
+    result = ev.search_weights(objective, n_users=100, n=3)
     assert result.units == (43, 77, 40)
     assert result.weights == pytest.approx((0.26875, 0.48125, 0.25))
     assert result.hr == 1.0
 
 
 def test_search_ties_go_to_ndcg_then_the_smallest_vector():
-    assert ev.search_weights(lambda w: (5, 0.0), 10).units == (0, 0, 160)
-    assert ev.search_weights(lambda w: (5, float(w[1])), 10).units == (0, 160, 0)
+    assert ev.search_weights(lambda w: (5, 0.0), 10).units == (0, 0, 0, 160)
+    assert ev.search_weights(lambda w: (5, float(w[1])), 10).units == (0, 160, 0, 0)
 
 
 def test_published_weights_undo_the_scaling_and_peak_at_one():
-    # w / σ = (80/2, 80/0.5, 0/1) = (40, 160, 0) -> / 160
-    w = ev.published_weights((80, 80, 0), np.array([2.0, 0.5, 1.0]))
-    assert w == {"collaborative": 0.25, "similarity": 1.0, "locale": 0.0}
+    # w / σ = (64/2, 64/0.5, 0/1, 32/4) = (32, 128, 0, 8) -> / 128
+    w = ev.published_weights((64, 64, 0, 32), np.array([2.0, 0.5, 1.0, 4.0]))
+    assert w == {"collaborative": 0.25, "similarity": 1.0, "locale": 0.0, "item_item": 0.0625}
     with pytest.raises(ValueError):
-        ev.published_weights((0, 0, 0), np.ones(3))
+        ev.published_weights((0, 0, 0, 0), np.ones(4))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from taar_etl.spark import als
+from taar_etl.spark.interactions import leave_last_out
 
 pytestmark = pytest.mark.spark
 
@@ -112,7 +113,7 @@ def interactions(spark):
 
 
 def test_leave_last_out_holds_out_the_newest_item_and_splits_by_hash(interactions):
-    train, holdout = als.leave_last_out(interactions, eval_users=10)
+    train, holdout = leave_last_out(interactions, eval_users=10)
     held = sorted((r.user, r.item, r.role) for r in holdout.collect())
     assert held == [(0, 1, "validation"), (1, 1, "test"), (3, 2, "validation"), (4, 4, "test")]
     assert sorted((r.user, r.item) for r in train.collect()) == [(0, 0), (0, 2), (1, 3), (2, 2), (3, 0), (4, 0)]
@@ -120,13 +121,13 @@ def test_leave_last_out_holds_out_the_newest_item_and_splits_by_hash(interaction
 
 
 def test_eval_users_keeps_the_smallest_hashes_per_role(interactions):
-    _, holdout = als.leave_last_out(interactions, eval_users=1)
+    _, holdout = leave_last_out(interactions, eval_users=1)
     # validation hashes: user 0 -> 4, user 3 -> 6; test: user 1 -> 7, user 4 -> 9
     assert sorted((r.user, r.role) for r in holdout.collect()) == [(0, "validation"), (1, "test")]
 
 
 def test_collect_eval_sets_and_item_counts(interactions):
-    train, holdout = als.leave_last_out(interactions, eval_users=10)
+    train, holdout = leave_last_out(interactions, eval_users=10)
     sets = als.collect_eval_sets(train, holdout, n_items=5)
     val, test = sets["validation"], sets["test"]
     assert val.users.tolist() == [0, 3] and val.held_out.tolist() == [1, 2]

@@ -25,7 +25,11 @@ VALID = {
     "lr_curves": [[0.0, [1.0, 2.0]], [0.5, [0.5, 0.0]]],
     "coinstall": {"a@x": {"b@x": 12}, "b@x": {"a@x": 12}},
     "ranking": {"a@x": 10, "b@x": 3},
-    "ensemble_weights": {"ensemble_weights": {"collaborative": 1.0, "similarity": 0.5, "locale": 0.0}},
+    "ensemble_weights": {"ensemble_weights": {"collaborative": 1.0, "similarity": 0.5, "locale": 0.0,
+                                              "item_item": 0.75}},
+    # rows: a -> b (0.5), c (-0.1); b -> a (0.25); c -> nothing
+    "item_item": {"guids": ["a@x", "b@x", "c@x"], "neighbours": [[[1, 0.5], [2, -0.1]], [[0, 0.25]], []],
+                  "lambda": 250.0, "top_k": 2},
 }
 
 
@@ -35,7 +39,10 @@ def test_catalogue_names_match_the_spec():
     assert CATALOGUE["locale"].dated_name(dt.date(2026, 1, 2)) == "taar/locale/top10_dict.json.20260102.bz2"
     assert CATALOGUE["ranking"].read_names() == [
         "taar/lite/guid_install_ranking.json.bz2", "taar/lite/guid_install_ranking.json"]
-    assert len(SERVICE_ARTIFACTS) == 9 and set(VALID) == set(CATALOGUE)
+    assert len(SERVICE_ARTIFACTS) == 10 and set(VALID) == set(CATALOGUE)
+    assert CATALOGUE["item_item"].name == "addon_recommender/item_item.json.bz2"
+    assert CATALOGUE["item_item"].optional and "item_item" not in artifacts.DEFAULT_REQUIRED_MODELS
+    assert set(artifacts.DEFAULT_REQUIRED_MODELS) == set(SERVICE_ARTIFACTS) - {"item_item"}
 
 
 @pytest.mark.parametrize("key", sorted(VALID))
@@ -67,8 +74,20 @@ INVALID = [
     ("lr_curves", [[0.0, [-1, 1]]], "negative"),
     ("lr_curves", [[0.0, [float("inf"), 1]]], "non-finite"),
     ("ensemble_weights", {"ensemble_weights": {"collaborative": 0, "similarity": 0, "locale": 0}}, "all zero"),
+    ("ensemble_weights", {"ensemble_weights": {"collaborative": 1, "similarity": 1, "item_item": 1}}, "exactly"),
     ("ensemble_weights", {"ensemble_weights": {"collaborative": 1, "similarity": 1}}, "exactly"),
     ("ensemble_weights", {"ensemble_weights": {"collaborative": -1, "similarity": 1, "locale": 1}}, ">= 0"),
+    ("item_item", {**VALID["item_item"], "guids": ["b@x", "a@x", "c@x"]}, "sorted"),
+    ("item_item", {**VALID["item_item"], "neighbours": [[[1, 0.5]], []]}, "list of 3 rows"),
+    ("item_item", {**VALID["item_item"], "neighbours": [[[0, 0.5]], [], []]}, "row 0 has a malformed pair"),
+    ("item_item", {**VALID["item_item"], "neighbours": [[[3, 0.5]], [], []]}, "row 0 has a malformed pair"),
+    ("item_item", {**VALID["item_item"], "neighbours": [[[2, 0.5], [1, 0.1]], [], []]}, "strictly increasing"),
+    ("item_item", {**VALID["item_item"], "neighbours": [[[1, float("nan")]], [], []]}, "not finite"),
+    ("item_item", {**VALID["item_item"], "neighbours": [[[1, 0.0]], [], []]}, "!= 0"),
+    ("item_item", {**VALID["item_item"], "neighbours": [[[1, 0.5], [2, 0.1]], [[0, 1], [2, 1]], [[0, 1], [1, 1]]],
+                   "top_k": 1}, "at most top_k"),
+    ("item_item", {**VALID["item_item"], "neighbours": [[], [], []]}, "no neighbour weight"),
+    ("item_item", {**VALID["item_item"], "lambda": 0}, "lambda"),
     ("coinstall", {"a": {"b": 1}}, "symmetric"),
     ("coinstall", {"a": {"a": 2}}, "self pair"),
     ("coinstall", {"a": {}}, "empty"),
@@ -120,6 +139,14 @@ def test_normalise_repairs_legacy_buckets():
     assert normalise("locale", {"x": [["a", 0.1], ["b", 0.2], ["c", 0.2]]}) == {"x": [["b", 0.2], ["c", 0.2], ["a", 0.1]]}
     mapping = normalise("addon_mapping", {"1": {"id": "a"}, "9": {"id": "z"}}, item_ids=[1, 2])
     assert mapping == {"1": {"id": "a"}}
+
+
+def test_legacy_three_key_weights_are_valid_and_load_with_item_item_zero():
+    legacy = {"ensemble_weights": {"collaborative": 1.0, "similarity": 0.5, "locale": 2.0}}
+    validate("ensemble_weights", legacy)
+    assert normalise("ensemble_weights", legacy) == {"ensemble_weights": {**legacy["ensemble_weights"],
+                                                                          "item_item": 0.0}}
+    assert legacy["ensemble_weights"] == {"collaborative": 1.0, "similarity": 0.5, "locale": 2.0}  # not mutated
 
 
 def test_normalise_still_rejects_structural_problems():

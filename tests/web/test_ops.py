@@ -93,6 +93,21 @@ def test_heartbeat_warns_when_optional_model_missing(make_app, tmp_path):
     assert "1.0 each" in body["details"]["models.ensemble_weights"]["messages"]["taar.models.W002"]
 
 
+def test_item_item_is_optional_by_default_missing_or_invalid(make_app, tmp_path):
+    client = make_app(model_store=store_without(tmp_path, "item_item")).test_client()
+    assert client.get("/__lbheartbeat__").status_code == 200
+    body = client.get("/__heartbeat__").get_json()
+    assert body["status"] == "warning" and body["checks"]["models.item_item"] == "warning"
+    assert list(body["details"]["models.item_item"]["messages"]) == ["taar.models.W002"]
+    assert {k for k, v in body["checks"].items() if v != "ok"} == {"models.item_item"}
+
+    store = store_without(tmp_path / "invalid")
+    store.write_bytes("addon_recommender/item_item.json.bz2", b"\x00 not bz2")
+    body = make_app(model_store=store).test_client().get("/__heartbeat__").get_json()
+    assert body["status"] == "warning"
+    assert {k for k, v in body["checks"].items() if v != "ok"} == {"models.item_item"}
+
+
 def test_heartbeat_500_when_required_model_invalid(make_app, tmp_path):
     store = store_without(tmp_path)
     store.write_bytes("taar/locale/top10_dict.json.bz2", b"\x00 not bz2")

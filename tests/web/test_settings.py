@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from taar.artifacts import SERVICE_ARTIFACTS
+from taar.artifacts import DEFAULT_REQUIRED_MODELS, SERVICE_ARTIFACTS
 from taar_web.app import create_app
 from taar_web.settings import Settings, SettingsError
 
@@ -17,7 +17,8 @@ def test_empty_environment_gives_the_spec_defaults():
     assert (s.max_results, s.taarlite_max_results, s.taarlite_truncate_effective) == (10, 4, 20)
     assert (s.taarlite_cache_max_age, s.randomize, s.random_seed, s.candidate_pool) == (3600, True, None, 0)
     assert (s.model_refresh_seconds, s.model_max_age_hours, s.model_load_timeout_seconds) == (3600, 48, 120)
-    assert s.required_models == SERVICE_ARTIFACTS
+    assert s.required_models == DEFAULT_REQUIRED_MODELS and set(SERVICE_ARTIFACTS) - set(s.required_models) == {
+        "item_item"}  # optional by default (SPEC §6.3)
     assert (s.profile_timeout_ms, s.client_has_addon_token, s.max_body_bytes, s.max_promoted) == (150, None, 65536, 100)
     assert (s.version_file, s.sentry_dsn, s.statsd_port, s.metrics_backend, s.log_level) == (
         "version.json", "", 8125, "logging", "INFO")

@@ -13,6 +13,7 @@ from taar.recommenders import (
     CollaborativeRecommender,
     EnsembleRecommender,
     GuidBasedRecommender,
+    ItemItemRecommender,
     LocaleRecommender,
     SimilarityRecommender,
     build_engine,
@@ -135,6 +136,18 @@ class TestLocaleContract(RecommenderContract):
 
     def queries(self):
         return PROFILE_QUERIES + [(toy.profile(locale=""), {"locale": "en-US"})]
+
+
+class TestItemItemContract(RecommenderContract):
+    def make(self):
+        return ItemItemRecommender().fit(item_item=toy.item_item())
+
+    def make_empty(self):
+        return ItemItemRecommender().fit()
+
+    def queries(self):
+        return [(toy.profile(installed_addons=["c-gamma@x"]), None),
+                (toy.profile(installed_addons=["m-alpha@x", "b-beta@x", "d-delta@x"]), {"locale": "de"})]
 
 
 class TestEnsembleContract(RecommenderContract):

@@ -28,7 +28,8 @@ def test_full_engine_attributes(engine):
     assert isinstance(engine, Engine)
     assert engine.loaded == frozenset(MODEL_KEYS)
     assert engine.whitelist == tuple(sorted(toy.WHITELIST))
-    assert engine.ensemble_weights == {"collaborative": 1.0, "similarity": 0.5, "locale": 2.0}
+    # legacy three-key weights: item_item gets 0
+    assert engine.ensemble_weights == {"collaborative": 1.0, "similarity": 0.5, "locale": 2.0, "item_item": 0.0}
     assert not engine.weights_defaulted
     assert engine.ranking_usable
     assert engine.taarlite_default_mode == "rownorm_sum"
@@ -74,9 +75,9 @@ def test_empty_models_degrade_everywhere():
     assert engine.whitelist is None
     assert engine.test_candidates == ()
     assert engine.weights_defaulted
-    assert engine.ensemble_weights == {"collaborative": 1.0, "similarity": 1.0, "locale": 1.0}
+    assert engine.ensemble_weights == {"collaborative": 1.0, "similarity": 1.0, "locale": 1.0, "item_item": 1.0}
     assert not engine.ranking_usable
-    for rec in (engine.collaborative, engine.similarity, engine.locale, engine.ensemble):
+    for rec in (engine.collaborative, engine.similarity, engine.locale, engine.item_item, engine.ensemble):
         assert not rec.can_recommend(p)
         assert rec.recommend(p, 5) == []
     assert engine.guid_based.recommend("a") == []

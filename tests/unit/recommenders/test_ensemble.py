@@ -78,7 +78,7 @@ def test_members_that_cannot_recommend_are_not_called():
 
 def test_missing_weights_default_to_one_each():
     rec = EnsembleRecommender().fit(**members(), ensemble_weights=None)
-    assert rec.weights_ == {"collaborative": 1.0, "similarity": 1.0, "locale": 1.0}
+    assert rec.weights_ == {"collaborative": 1.0, "similarity": 1.0, "locale": 1.0, "item_item": 1.0}
     assert rec.weights_defaulted_
     # x = 4 + 0.5, z = 6, y = 2 + 2, w = 1
     assert rec.recommend(PROFILE, 10) == [("z", 6.0), ("x", 4.5), ("y", 4.0), ("w", 1.0)]

@@ -28,7 +28,7 @@ def answers(engine):
     out = []
     for p in PROFILES:
         for extra in EXTRAS:
-            for rec in (engine.collaborative, engine.similarity, engine.locale):
+            for rec in (engine.collaborative, engine.similarity, engine.locale, engine.item_item):
                 out.append((rec.can_recommend(p, extra), rec.recommend(p, 5, extra)))
             out.append(engine.ensemble.recommend_explained(p, 5, extra))
     for guid in engine.guid_based.guids_:
@@ -51,7 +51,7 @@ def test_engine_round_trip_answers_identically(engine):
         engine.whitelist, engine.ensemble_weights, engine.ranking_usable)
 
 
-@pytest.mark.parametrize("name", ["collaborative", "similarity", "locale", "ensemble"])
+@pytest.mark.parametrize("name", ["collaborative", "similarity", "locale", "item_item", "ensemble"])
 def test_each_recommender_round_trips(engine, name):
     rec = getattr(engine, name)
     copy = round_trip(rec)

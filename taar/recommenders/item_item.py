@@ -1,0 +1,89 @@
+"""Closed-form item-item recommender (EASE) over the curated add-ons (SPEC §5.8).
+
+The ``item_item`` artifact holds, for each catalogue item (GUID order), its
+strongest neighbours ``[column, weight]``: row i of the EASE weight matrix ``B``
+cut to its top-k absolute weights. A client's scores are ``x_u · B``: item j
+scores ``Σ_{i ∈ installed} B[i, j]``. Only items that one of the client's
+installed catalogue items reaches are candidates; installed items are never
+recommended. Scores may be negative. The model is optional: without it (or
+with an invalid one) the recommender simply cannot recommend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from .base import Recommender, check_limit, guid_ranks, top_indices
+
+
+class ItemItemRecommender(Recommender):
+    """Scores items by summing the EASE neighbour weights of the installed add-ons.
+
+    Attributes
+    ----------
+    guids_ : tuple of str
+        Item GUID per row/column.
+    row_of_ : dict[str, int]
+        GUID -> row.
+    indptr_, indices_, weights_ : ndarray
+        The neighbour lists in CSR form: row i's columns are
+        ``indices_[indptr_[i]:indptr_[i + 1]]`` with ``weights_`` alongside.
+    guid_rank_ : ndarray of int
+        Tie-break rank of each GUID.
+    loaded_ : bool
+        The artifact was given.
+
+    Examples
+    --------
+    >>> rec = ItemItemRecommender().fit(item_item={
+    ...     "guids": ["a", "b"], "neighbours": [[[1, 0.5]], []], "lambda": 1.0, "top_k": 1})
+    >>> rec.recommend({"installed_addons": ["a"]}, 5)
+    [('b', 0.5)]
+    """
+
+    def fit(self, item_item=None) -> ItemItemRecommender:
+        """Build the CSR neighbour arrays; a missing artifact -> cannot recommend."""
+        self.loaded_ = item_item is not None
+        guids = list(item_item["guids"]) if self.loaded_ else []
+        rows = item_item["neighbours"] if self.loaded_ else []
+        self.guids_ = tuple(guids)
+        self.row_of_ = {g: i for i, g in enumerate(guids)}
+        lengths = np.array([len(r) for r in rows], dtype=np.int64)
+        self.indptr_ = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        self.indices_ = np.array([int(j) for r in rows for j, _ in r], dtype=np.int64)
+        self.weights_ = np.array([float(w) for r in rows for _, w in r], dtype=np.float64)
+        self.guid_rank_ = guid_ranks(self.guids_)
+        return self
+
+    def installed_rows(self, profile: Mapping) -> np.ndarray:
+        """Rows of the client's installed add-ons that are catalogue items, ascending."""
+        rows = {self.row_of_.get(g) for g in profile.get("installed_addons") or ()}
+        rows.discard(None)
+        return np.array(sorted(rows), dtype=np.int64)
+
+    def can_recommend(self, profile: Mapping, extra: Mapping | None = None) -> bool:
+        return bool(self.loaded_ and any(g in self.row_of_ for g in profile.get("installed_addons") or ()))
+
+    def scores(self, profile: Mapping) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(s, reached, installed)``: each item's score, whether any installed item reaches it, installed rows."""
+        n = len(self.guids_)
+        installed = self.installed_rows(profile)
+        if installed.size == 0:
+            return np.zeros(n), np.zeros(n, dtype=bool), installed
+        cols = np.concatenate([self.indices_[self.indptr_[i]:self.indptr_[i + 1]] for i in installed])
+        weights = np.concatenate([self.weights_[self.indptr_[i]:self.indptr_[i + 1]] for i in installed])
+        s = np.bincount(cols, weights=weights, minlength=n)
+        reached = np.bincount(cols, minlength=n) > 0
+        return s, reached, installed
+
+    def recommend(self, profile: Mapping, limit: int, extra: Mapping | None = None) -> list[tuple[str, float]]:
+        limit = check_limit(limit)
+        if not self.can_recommend(profile, extra):
+            return []
+        s, reached, installed = self.scores(profile)
+        reached[installed] = False
+        rows = np.flatnonzero(reached)
+        best = rows[top_indices(s[rows], self.guid_rank_[rows], limit)]
+        return list(zip(map(self.guids_.__getitem__, best.tolist()), s[best].tolist(), strict=True))
