@@ -17,10 +17,9 @@ from taar.hashing import item_id
 from taar.publishing import producer_tag, publish, read_artifact
 from taar.recommenders import build_engine
 from taar.storage import open_model_store
-from taar_dev.fake_amo import Catalogue, render_addon
-from taar_etl.amo import with_first_create_date
 from taar_etl.cli import ValidationError, run_job
 from taar_etl.spark import als
+from tests.fixtures.collaborative_inputs import publish_inputs
 from tests.fixtures.parquet_builders import addon, client_row, write_tables
 from tests.fixtures.spark import py_xxhash
 
@@ -123,19 +122,6 @@ def test_index_interactions_numbers_clients_and_items_densely(daily):
 # --------------------------------------------------------------------------- whole runs on synthetic data
 
 SMALL = ["--grid", "none", "--rank", "8", "--max-iter", "5", "--checkpoint-interval", "2"]
-
-
-def publish_inputs(store_dir, amo_dir, date, whitelist=None):
-    """The whitelist and amo_database the job reads, built from a synthetic AMO catalogue."""
-    catalogue = Catalogue(amo_dir)
-    db = {r["guid"]: with_first_create_date(render_addon(r, "v4", "http://amo.test"), r["versions"][0]["created"])
-          for r in catalogue.served["v4"]}
-    if whitelist is None:
-        whitelist = sorted({e.get("guid") for e in catalogue.editorial} - {None, "", "null"})
-    store = open_model_store(str(store_dir))
-    publish(store, "amo_database", db, date, producer_tag("test"))
-    publish(store, "whitelist", whitelist, date, producer_tag("test"))
-    return store
 
 
 @pytest.fixture(scope="module")

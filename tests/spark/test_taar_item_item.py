@@ -17,7 +17,7 @@ from taar.recommenders import build_engine
 from taar.storage import open_model_store
 from taar_etl.cli import run_job
 from taar_etl.spark import ease
-from tests.spark.test_taar_collaborative import publish_inputs
+from tests.fixtures.collaborative_inputs import publish_inputs
 
 pytestmark = pytest.mark.spark
 
