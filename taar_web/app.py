@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None, *, model_store=None, profile_st
     validation.register_error_handlers(app)
     register_blueprints(app)
     if start_refresher:
-        app.extensions["taar_refresher"].start()
+        app.extensions["taar_refresher"].start(check_now=True)
     return app
 
 
