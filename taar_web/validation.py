@@ -95,10 +95,16 @@ def parse_normalize(raw: str | None) -> str:
     return raw
 
 
-def check_bearer(expected: str | None) -> None:
-    """When a token is configured, require ``Authorization: Bearer <token>`` (constant time)."""
+def check_bearer(expected: str | None, public: bool = False) -> None:
+    """Require ``Authorization: Bearer <expected>`` (constant time); fail closed (SPEC §4.6).
+
+    Without a configured token every request is a 401, unless ``public``
+    (``TAAR_CLIENT_HAS_ADDON_PUBLIC=true``) opens the route explicitly.
+    """
     if not expected:
-        return
+        if public:
+            return
+        raise ApiError(401, "unauthorized", results=False, headers={"WWW-Authenticate": "Bearer"})
     header = flask.request.headers.get("Authorization", "")
     scheme, _, supplied = header.partition(" ")
     ok = scheme.lower() == "bearer" and hmac.compare_digest(supplied.strip().encode(), expected.encode())

@@ -54,7 +54,7 @@ def profile_uri(tmp_path_factory):
 
 @pytest.fixture
 def settings(model_store_dir, profile_uri, tmp_path) -> Settings:
-    """Deterministic settings: no randomisation, 3 results, fixed seed, no metrics backend."""
+    """Deterministic settings: no randomisation, 3 results, fixed seed, no metrics backend, open client_has_addon."""
     return Settings(
         model_store=str(model_store_dir),
         profile_store=profile_uri,
@@ -64,6 +64,8 @@ def settings(model_store_dir, profile_uri, tmp_path) -> Settings:
         metrics_backend="none",
         version_file=str(tmp_path / "version.json"),
         model_refresh_seconds=60.0,
+        # the route's own tests cover the fail-closed default; elsewhere it is open as in the demo
+        client_has_addon_public=True,
     )
 
 
