@@ -5,12 +5,24 @@ apps in one test process share (and overwrite) each other's backends. Each app
 therefore gets its own :class:`Metrics`, a markus ``MetricsInterface`` that
 publishes to the backends it was built with. Code everywhere else only calls the
 markus interface (``incr``, ``timing``, ``gauge``, ``timer``).
+
+Cheap by default: every timing also goes to the current request's
+``request.summary`` line (one line per request, not one per metric), and the
+``logging`` backend aggregates: it writes one ``taar.metrics`` line per interval
+(counter sums, timing count/mean/max, last gauge values) instead of a line per
+call. statsd is the production backend (RELEASING.md).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+
 from markus.backends import BackendBase
 from markus.main import MetricsInterface
+
+from . import request_log
 
 PREFIX = "taar"
 
@@ -23,8 +35,71 @@ class Metrics(MetricsInterface):
         self.backends = list(backends)
 
     def _publish(self, record):
+        if record.stat_type == "timing":
+            request_log.add_timing(record.key[len(self.prefix) + 1:], record.value)
         for backend in self.backends:
             backend.emit_to_backend(record.__copy__())
+
+
+class AggregatingLoggingMetrics(BackendBase):
+    """The ``logging`` backend: sums in memory, one log line per ``interval_s``.
+
+    A line is written by the first emit after the interval has passed (no
+    thread), so an idle process writes nothing. Thread-safe.
+    """
+
+    def __init__(self, options=None, filters=None):
+        super().__init__(options, filters)
+        options = options or {}
+        self.logger = logging.getLogger(options.get("logger_name", "taar.metrics"))
+        self.interval_s = float(options.get("interval_s", 60.0))
+        self.clock = options.get("clock", time.monotonic)
+        self._lock = threading.Lock()
+        self._since = self.clock()
+        self._reset()
+
+    def _reset(self):
+        self.counters: dict[str, float] = {}
+        self.timings: dict[str, list[float]] = {}  # key -> [count, sum, max]
+        self.gauges: dict[str, float] = {}
+
+    @staticmethod
+    def _name(record) -> str:
+        return record.key + ("[" + ",".join(record.tags) + "]" if record.tags else "")
+
+    def emit(self, record):
+        name = self._name(record)
+        with self._lock:
+            if record.stat_type == "incr":
+                self.counters[name] = self.counters.get(name, 0) + record.value
+            elif record.stat_type in ("timing", "histogram"):
+                stats = self.timings.setdefault(name, [0, 0.0, float("-inf")])
+                stats[0] += 1
+                stats[1] += record.value
+                stats[2] = max(stats[2], record.value)
+            else:
+                self.gauges[name] = record.value
+            due = self.clock() - self._since >= self.interval_s
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the aggregated line now (when anything was recorded) and start a new interval."""
+        with self._lock:
+            now = self.clock()
+            counters, timings, gauges = self.counters, self.timings, self.gauges
+            interval = now - self._since
+            self._since = now
+            self._reset()
+        if not (counters or timings or gauges):
+            return
+        self.logger.info("metrics", extra={
+            "interval_s": round(interval, 3),
+            "counters": counters,
+            "timings": {k: {"count": c, "mean_ms": round(total / c, 3), "max_ms": round(peak, 3)}
+                        for k, (c, total, peak) in timings.items()},
+            "gauges": gauges,
+        })
 
 
 class RecordingBackend(BackendBase):
@@ -55,9 +130,8 @@ def build_backend(settings) -> BackendBase | None:
 
         return StatsdMetrics(options={"statsd_host": settings.statsd_host, "statsd_port": settings.statsd_port})
     if settings.metrics_backend == "logging":
-        from markus.backends.logging import LoggingMetrics
-
-        return LoggingMetrics(options={"logger_name": "taar.metrics", "leader": "METRICS"})
+        return AggregatingLoggingMetrics(options={"logger_name": "taar.metrics",
+                                                  "interval_s": settings.metrics_interval_seconds})
     return None
 
 

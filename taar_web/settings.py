@@ -52,6 +52,7 @@ class Settings:
     statsd_host: str | None = None
     statsd_port: int = 8125
     metrics_backend: str = "logging"
+    metrics_interval_seconds: float = 60.0  # the logging backend writes one aggregated line per interval
     log_level: str = "INFO"
     port: int = 8000
     workers: int = 4
@@ -115,6 +116,7 @@ class Settings:
             statsd_host=statsd_host,
             statsd_port=env.integer("STATSD_PORT", 8125, minimum=1, maximum=65535),
             metrics_backend=env.text("TAAR_METRICS_BACKEND").lower() or ("statsd" if statsd_host else "logging"),
+            metrics_interval_seconds=env.number("TAAR_METRICS_INTERVAL_SECONDS", 60.0, minimum=0.0),
             log_level=env.text("TAAR_LOG_LEVEL").upper() or "INFO",
             port=env.integer("PORT", 8000, minimum=1, maximum=65535),
             workers=env.integer("WORKERS", 4, minimum=1),

@@ -146,13 +146,14 @@ class RecommendationManager:
             pool = [(g, w) for g, w in pool if math.isfinite(w)]
             results = self.select(pool, limit, rng)
             sources = self.engine.ensemble.contributions(answers, [g for g, _ in results])
-        logger.info("Client recommendations results", extra={
+        # DEBUG: the service puts the GUIDs and seed on its one request.summary line instead
+        logger.debug("Client recommendations results", extra={
             "client_id": client_id, "guids": [g for g, _ in results], "seed": seed,
             "model_versions": self.engine.model_versions})
         return Recommendation(results, sources, seed, False, False)
 
     def _recommend_test(self, client_id, limit, seed, rng, metrics) -> Recommendation:
         incr(metrics, "test_client")
-        logger.info("Test ID detected", extra={"client_id": client_id, "seed": seed})
+        logger.debug("Test ID detected", extra={"client_id": client_id, "seed": seed})
         results = self.select(list(self.engine.test_candidates), limit, rng)
         return Recommendation(results, {g: {"test": w} for g, w in results}, seed, True, False)
