@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None, *, model_store=None, profile_st
 
     request_log.init_app(app)
     validation.register_error_handlers(app)
+    app.wsgi_app = validation.close_connection_after(app.wsgi_app)
     register_blueprints(app)
     if start_refresher:
         app.extensions["taar_refresher"].start()

@@ -37,7 +37,7 @@ def get_json(url: str, timeout: float = 5.0, headers=None):
 class Gunicorn:
     """``with Gunicorn(env, tmp_path) as g:`` starts the service and waits for ``/__lbheartbeat__``."""
 
-    def __init__(self, env: dict, workdir: Path, startup_s: float = 60.0):
+    def __init__(self, env: dict, workdir: Path, startup_s: float = 60.0, extra_args=()):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"gunicorn-{self.port}.log"
@@ -45,13 +45,14 @@ class Gunicorn:
         self.workdir = workdir
         self.startup_s = startup_s
         self.proc = None
+        self.extra_args = list(extra_args)
 
     def __enter__(self) -> Gunicorn:
         gunicorn = Path(sys.executable).parent / "gunicorn"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in __exit__
         self.proc = subprocess.Popen(
             [str(gunicorn), "-c", "python:taar_web.gunicorn_conf", "-b", f"127.0.0.1:{self.port}",
-             "taar_web.wsgi:app"],
+             *self.extra_args, "taar_web.wsgi:app"],
             env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir)
         try:
             self.wait_until(lambda: get(self.base + "/__lbheartbeat__", timeout=2)[0] == 200, self.startup_s,

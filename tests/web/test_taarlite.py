@@ -142,3 +142,9 @@ def test_normalize_modes_match_the_recommender():
     from taar_web.validation import NORMALIZE_MODES
 
     assert set(NORMALIZE_MODES) == set(MODES)
+
+
+@pytest.mark.parametrize("guid", ["a%00x", "a%1Fx", "a%7Fx", "a%C2%85x"])
+def test_guid_with_control_characters_is_400(client, guid):
+    response = client.get(f"/taarlite/api/v1/addon_recommendations/{guid}/")
+    assert (response.status_code, response.get_json()["error"]) == (400, "invalid guid")
