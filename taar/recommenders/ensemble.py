@@ -199,10 +199,11 @@ class EnsembleRecommender(Recommender):
         """``{guid: {member name: score × W_r}}`` for ``guids``, from :meth:`combine` answers."""
         if not answers or len(answers[0]) == 3:
             return contributions(answers, guids)
-        wanted = np.array([self.index_of_[g] for g in guids], dtype=np.int64)
+        wanted = np.zeros(len(self.guids_), dtype=bool)
+        wanted[[self.index_of_[g] for g in guids]] = True
         out: dict[str, dict[str, float]] = {g: {} for g in guids}
         for name, weight, index, scores in answers:
-            hit = np.flatnonzero(np.isin(index, wanted))
+            hit = np.flatnonzero(wanted[index])
             for i, score in zip(index[hit].tolist(), scores[hit].tolist(), strict=True):
                 out[self.guids_[i]][name] = score * weight
         return out
