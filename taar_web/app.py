@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None, *, model_store=None, profile_st
     request_log.configure_logging(settings.log_level)
     init_sentry(settings.sentry_dsn)
     clock = clock or utcnow
-    metrics = build_metrics(settings, metrics_backend)
+    metrics = build_metrics(settings, metrics_backend, on_timing=request_log.add_timing)
     if model_store is None:
         model_store = _open("TAAR_MODEL_STORE", open_model_store, settings.model_store)
     if profile_store is None:

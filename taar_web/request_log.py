@@ -30,6 +30,8 @@ import flask
 
 from taar.logs import MozlogFormatter
 
+from . import metrics
+
 LOGGER_NAMES = ("taar", "taar_web", "request.summary")
 REQUEST_ID_HEADER = "X-Request-ID"
 _MAX_REQUEST_ID = 128
@@ -115,6 +117,7 @@ def _open_context():
     rule = flask.request.url_rule
     context = {"rid": _request_id(), "route": rule.rule if rule is not None else None}
     flask.g.taar_log_token = _request_context.set(context)
+    flask.g.taar_metrics_token = metrics.begin_request()
     flask.g.taar_started = time.perf_counter()
 
 
@@ -134,6 +137,9 @@ def _summarise(response):
 
 
 def _close_context(exc):
+    metrics_token = flask.g.pop("taar_metrics_token", None)
+    if metrics_token is not None:
+        metrics.end_request(metrics_token)
     token = flask.g.pop("taar_log_token", None)
     if token is not None:
         _request_context.reset(token)

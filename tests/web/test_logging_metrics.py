@@ -115,7 +115,7 @@ def test_redact_path():
 
 @pytest.mark.parametrize(("backend", "expected"), [
     ("logging", "AggregatingLoggingMetrics"),
-    ("statsd", "StatsdMetrics"),
+    ("statsd", "BatchingStatsdMetrics"),
     ("none", None),
 ])
 def test_backend_follows_settings(backend, expected):
@@ -179,3 +179,34 @@ def test_logging_backend_aggregates_into_one_line_per_interval(caplog):
 
     backend.flush()  # nothing new since: no line
     assert len([r for r in caplog.records if r.name == "taar.metrics"]) == 1
+
+
+def test_statsd_metrics_of_a_request_leave_in_one_packet():
+    import socket
+
+    from taar_web import metrics as metrics_module
+    from taar_web.metrics import BatchingStatsdMetrics
+
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(2.0)
+    try:
+        backend = BatchingStatsdMetrics(options={"statsd_host": "127.0.0.1",
+                                                 "statsd_port": receiver.getsockname()[1]})
+        metrics = Metrics([backend])
+        token = metrics_module.begin_request()
+        metrics.timing("profile_fetch", 2)
+        metrics.incr("profile_not_found")
+        metrics.timing("ensemble_recommend", 3)
+        receiver.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            receiver.recv(4096)  # nothing sent during the request
+        receiver.setblocking(True)
+        metrics_module.end_request(token)
+        packet = receiver.recv(4096).decode()
+        assert packet.split("\n") == ["taar.profile_fetch:2.000000|ms", "taar.profile_not_found:1|c",
+                                       "taar.ensemble_recommend:3.000000|ms"]
+        metrics.incr("outside")  # outside a request: sent at once
+        assert receiver.recv(4096).decode() == "taar.outside:1|c"
+    finally:
+        receiver.close()
