@@ -19,4 +19,5 @@ pytest_plugins = [
     "tests.fixtures.amo",
     "tests.fixtures.web",
     "tests.fixtures.dags",
+    "tests.fixtures.registry",
 ]

@@ -22,11 +22,13 @@ from taar.hashing import item_id
 from taar.recommenders import MODES, RecommendationManager, build_engine
 
 
-def synthetic_models(n_guids: int, degree: int, seed: int = 42) -> dict:
+def synthetic_models(n_guids: int, degree: int, seed: int = 42, n_items: int = 200) -> dict:
+    """Synthetic normalised models; ``n_items`` ALS items (the 200 whitelist GUIDs first)."""
     rng = np.random.default_rng(seed)
     whitelist = sorted(f"addon-{i:03d}@bench" for i in range(200))
-    item_matrix = [{"id": item_id(g), "features": rng.normal(size=32).round(6).tolist()} for g in whitelist]
-    mapping = {str(item_id(g)): {"id": g, "name": g, "isWebextension": True} for g in whitelist}
+    items = whitelist + [f"item-{i:05d}@bench" for i in range(max(0, n_items - len(whitelist)))]
+    item_matrix = [{"id": item_id(g), "features": rng.normal(size=32).round(6).tolist()} for g in items]
+    mapping = {str(item_id(g)): {"id": g, "name": g, "isWebextension": True} for g in items}
     cities, locales, oses = ["Rome", "Paris", "Berlin", "Oslo", ""], ["en-US", "de", "fr", "it-IT"], ["Linux",
                                                                                                    "Darwin"]
     donors = [{

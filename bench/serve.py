@@ -1,17 +1,22 @@
-"""Serving benchmark: the SPEC §13 targets S1-S6 against gunicorn as in production.
+"""Serving benchmark: the SPEC §13 targets against gunicorn as in production (issue 11 sizes).
 
-Run: ``python -m bench.serve [--duration 10] [--connections 16] [--profiles 100000]``.
-Prints a summary and writes every figure to ``var/bench/serve.json``.
+Run: ``python -m bench.serve [--duration 10] [--connections 16] [--profiles 20000] [--profile-requests 2000]``.
+Prints a summary (ratios, p99, single-request median, CPU ms per request, an
+in-process cProfile summary of the per-user route) and writes every figure to
+``var/bench/serve.json``.
 
 What it does, all on 127.0.0.1:
 
-1. Models: full-size-ish synthetic ones (``bench.recommenders.synthetic_models``:
-   200 whitelist GUIDs, 200 x 32 item factors, 1000 donors, a TAARlite graph over
-   2000 GUIDs), published with ``taar.publishing`` into ``var/bench/serve/models``
-   (``--models DIR`` serves an existing store instead, e.g. ``./var/models``).
-   Profiles: ``--profiles`` synthetic clients in SQLite and in the Bigtable emulator.
+1. Models: synthetic ones at production-like sizes (``bench.recommenders.synthetic_models``:
+   200 whitelist GUIDs, 5 000 x 32 item factors, 1 000 donors x 1 000 LR points, a
+   TAARlite co-install graph over 5 000 GUIDs with ~50 neighbours each), published with
+   ``taar.publishing`` into ``var/bench/serve/models`` (``--models DIR`` serves an
+   existing store instead, e.g. ``./var/models``). Profiles: ``--profiles`` (20 000)
+   synthetic clients in SQLite and in the Bigtable emulator.
 2. Run 1 (SQLite profiles): ``gunicorn -c python:taar_web.gunicorn_conf taar_web.wsgi:app``
-   with WORKERS=2 THREADS=4 (bound to loopback). Cold start = process start to the
+   with WORKERS=2 THREADS=8 and statsd metrics (bound to loopback). Single-request
+   median: one connection, one request at a time. CPU ms per request: the workers'
+   user+system CPU during the per-user run divided by its requests. Cold start = process start to the
    first ``/__heartbeat__`` 200 (S5). Load, one endpoint after the other, with
    ``--connections`` keep-alive connections for ``--duration`` seconds each:
    ``/__lbheartbeat__``, the per-user route (90 % known, 10 % unknown ids), TAARlite
@@ -50,9 +55,11 @@ from pathlib import Path
 OUT = Path("var/bench")
 WORK = OUT / "serve"
 PROFILE_TIMEOUT_MS = 150
+N_ITEMS, N_GUIDS, DEGREE = 5000, 5000, 50
 TARGETS = {
-    "S1": "per-user throughput >= 50 % of /__lbheartbeat__",
-    "S2": "per-user p99 <= 25 ms",
+    "S1": "per-user throughput >= 50 % of /__lbheartbeat__ (SQLite), >= 35 % (Bigtable)",
+    "S2": "per-user p99 <= 40 ms",
+    "S2b": "per-user single-request median <= 3 ms",
     "S3": "TAARlite throughput >= 80 % of /__lbheartbeat__",
     "S4": "0 failed requests while models are republished 3 times",
     "S5": "cold start <= 5 s",
@@ -69,7 +76,7 @@ def publish_models(store_dir: Path, date: dt.date, seed: int = 42, perturb: int 
     from taar.publishing import publish, publish_group
     from taar.storage import open_model_store
 
-    models = synthetic_models(2000, 50, seed=seed + perturb)
+    models = synthetic_models(N_GUIDS, DEGREE, seed=seed + perturb, n_items=N_ITEMS)
     store = open_model_store(str(store_dir))
     producer = "bench/serve"
     publish_group(store, {k: models[k] for k in ("item_matrix", "addon_mapping")}, date, producer)
@@ -84,7 +91,7 @@ def republish_some(store_dir: Path, date: dt.date, perturb: int) -> None:
     from taar.publishing import publish, publish_group
     from taar.storage import open_model_store
 
-    models = synthetic_models(2000, 50, seed=42 + perturb)
+    models = synthetic_models(N_GUIDS, DEGREE, seed=42 + perturb, n_items=N_ITEMS)
     store = open_model_store(str(store_dir))
     publish_group(store, {k: models[k] for k in ("item_matrix", "addon_mapping")}, date, "bench/serve")
     publish(store, "locale", models["locale"], date, "bench/serve")
@@ -185,6 +192,18 @@ class Server:
             self.proc.kill()
             self.proc.wait()
         self._log.close()
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the workers so far (``/proc/<pid>/stat``)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for pid in self.worker_pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        return total
 
     def worker_pids(self) -> list[int]:
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
@@ -389,8 +408,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per endpoint")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument("--profiles", type=int, default=100_000)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--profiles", type=int, default=20_000)
+    parser.add_argument("--profile-requests", type=int, default=2000,
+                        help="in-process cProfile of this many per-user requests (0 skips)")
     parser.add_argument("--models", type=Path, default=None, help="serve this model store instead of synthetic")
     parser.add_argument("--no-bigtable", action="store_true", help="skip the Bigtable emulator run")
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
@@ -433,11 +454,17 @@ def main(argv=None) -> dict:
         run1 = {
             "lbheartbeat": run_load(server.base, ["/__lbheartbeat__"], args.duration, args.connections,
                                     "/__lbheartbeat__", client),
-            "per_user": run_load(server.base, user_paths, args.duration, args.connections, "per-user (SQLite)",
-                                 client),
-            "taarlite": run_load(server.base, lite_paths, args.duration, args.connections, "TAARlite (popular)",
-                                 client),
         }
+        cpu_before = server.cpu_seconds()
+        run1["per_user"] = run_load(server.base, user_paths, args.duration, args.connections, "per-user (SQLite)",
+                                    client)
+        figures["cpu_ms_per_request"] = round(
+            (server.cpu_seconds() - cpu_before) * 1000 / max(1, run1["per_user"].requests), 3)
+        print(f"  CPU per per-user request (workers, user+system): {figures['cpu_ms_per_request']} ms", flush=True)
+        run1["single"] = run_load(server.base, user_paths, min(args.duration, 5.0), 1,
+                                  "per-user, one request at a time", client)
+        run1["taarlite"] = run_load(server.base, lite_paths, args.duration, args.connections, "TAARlite (popular)",
+                                    client)
         figures["memory"] = server.memory()
         figures["run1_sqlite"] = {k: asdict(v) for k, v in run1.items()}
         figures["hot_swap"] = hot_swap(server, store_dir, user_paths, args, client)
@@ -446,10 +473,14 @@ def main(argv=None) -> dict:
     if not args.no_bigtable:
         figures["run2_bigtable"] = bigtable_run(store_dir, rows, user_paths, args, client)
 
+    if args.profile_requests:
+        figures["profile_summary"] = profile_in_process(store_dir, sqlite_uri, user_paths, args.profile_requests)
+
     figures["verdict"] = verdict(figures)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "serve.json").write_text(json.dumps(figures, indent=2))
-    print(json.dumps({"verdict": figures["verdict"], "memory": figures["memory"]}, indent=2))
+    print(json.dumps({"verdict": figures["verdict"], "memory": figures["memory"],
+                      "cpu_ms_per_request": figures["cpu_ms_per_request"]}, indent=2))
     print(f"written {OUT / 'serve.json'}")
     return figures
 
@@ -489,12 +520,48 @@ def bigtable_run(store_dir: Path, rows, user_paths, args, client) -> dict:
     return out
 
 
+def profile_in_process(store_dir: Path, profile_uri: str, paths: list[str], n: int, top: int = 18) -> str:
+    """cProfile of ``n`` per-user requests through the Flask app in this process: where the time goes."""
+    import cProfile
+    import io
+    import logging
+    import pstats
+
+    from taar_web.app import create_app
+    from taar_web.settings import Settings
+
+    settings = Settings(model_store=str(store_dir), profile_store=profile_uri, metrics_backend="none",
+                        version_file=str(WORK / "version.json"))
+    app = create_app(settings)
+    logging.getLogger("request.summary").setLevel(logging.WARNING)  # no stdout noise in the profile
+    client = app.test_client()
+    for path in paths[:50]:
+        client.get(path)  # warm-up
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.enable()
+    for path in paths[:n]:
+        client.get(path)
+    profiler.disable()
+    elapsed = time.perf_counter() - started
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out).sort_stats("tottime")
+    stats.print_stats(top)
+    logging.getLogger("request.summary").setLevel(logging.INFO)
+    text = f"{n} per-user requests in-process (SQLite): {elapsed * 1000 / n:.3f} ms each under cProfile\n"
+    text += out.getvalue()
+    print(text, flush=True)
+    return text
+
+
 def verdict(f: dict) -> dict:
     run1 = f["run1_sqlite"]
     lb = run1["lbheartbeat"]["rps"] or 1.0
     out = {
         "S1": {"per_user_over_lbheartbeat": round(run1["per_user"]["rps"] / lb, 3), "threshold": 0.5},
-        "S2": {"per_user_p99_ms": run1["per_user"]["p99_ms"], "threshold_ms": 25.0},
+        "S2": {"per_user_p99_ms": run1["per_user"]["p99_ms"], "threshold_ms": 40.0},
+        "S2b": {"single_request_median_ms": run1["single"]["p50_ms"], "threshold_ms": 3.0,
+                "met": run1["single"]["p50_ms"] <= 3.0},
         "S3": {"taarlite_over_lbheartbeat": round(run1["taarlite"]["rps"] / lb, 3), "threshold": 0.8},
         "S4": {"failed_requests": f["hot_swap"]["load"]["failures"],
                "all_workers_swapped": set(f["hot_swap"]["locale_version_per_worker"].values())
@@ -502,17 +569,17 @@ def verdict(f: dict) -> dict:
         "S5": {"cold_start_s": f["cold_start_s"], "threshold_s": 5.0},
     }
     out["S1"]["met"] = out["S1"]["per_user_over_lbheartbeat"] >= 0.5
-    out["S2"]["met"] = out["S2"]["per_user_p99_ms"] <= 25.0
+    out["S2"]["met"] = out["S2"]["per_user_p99_ms"] <= 40.0
     out["S3"]["met"] = out["S3"]["taarlite_over_lbheartbeat"] >= 0.8
     out["S4"]["met"] = out["S4"]["failed_requests"] == 0 and out["S4"]["all_workers_swapped"]
     out["S5"]["met"] = f["cold_start_s"] <= 5.0
     run2 = f.get("run2_bigtable") or {}
     if "per_user" in run2:
         out["S1_bigtable"] = {"per_user_over_lbheartbeat": round(
-            run2["per_user"]["rps"] / (run2["lbheartbeat"]["rps"] or 1.0), 3), "threshold": 0.5}
-        out["S1_bigtable"]["met"] = out["S1_bigtable"]["per_user_over_lbheartbeat"] >= 0.5
-        out["S2_bigtable"] = {"per_user_p99_ms": run2["per_user"]["p99_ms"], "threshold_ms": 25.0,
-                              "met": run2["per_user"]["p99_ms"] <= 25.0}
+            run2["per_user"]["rps"] / (run2["lbheartbeat"]["rps"] or 1.0), 3), "threshold": 0.35}
+        out["S1_bigtable"]["met"] = out["S1_bigtable"]["per_user_over_lbheartbeat"] >= 0.35
+        out["S2_bigtable"] = {"per_user_p99_ms": run2["per_user"]["p99_ms"], "threshold_ms": 40.0,
+                              "met": run2["per_user"]["p99_ms"] <= 40.0}
         stalled = run2["stalled"]
         out["S6"] = {"max_ms": stalled["max_ms"], "failures": stalled["failures"],
                      "threshold_ms": PROFILE_TIMEOUT_MS + 50, "connections": stalled["connections"],

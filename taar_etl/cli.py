@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import os
 import sys
 import time
+
+from taar.logs import MozlogFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -100,33 +101,10 @@ def base_parser(doc: str, spark: bool = False, prog: str | None = None) -> argpa
     return p
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line with the job context."""
-
-    def __init__(self, context: dict):
-        super().__init__()
-        self.context = context
-
-    def format(self, record):
-        entry = {
-            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            **self.context,
-        }
-        extra = getattr(record, "fields", None)
-        if isinstance(extra, dict):
-            entry.update(extra)
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
 def configure_logging(level: str = "INFO", job: str = "", date: dt.date | None = None, seed=None) -> None:
-    """Send JSON lines to stdout with the job, date and seed on every record."""
+    """Send mozlog JSON lines (``taar.logs``, the service's shape) to stdout with the job, date and seed."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter({"job": job, "date": date.isoformat() if date else None, "seed": seed}))
+    handler.setFormatter(MozlogFormatter({"job": job, "date": date.isoformat() if date else None, "seed": seed}))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

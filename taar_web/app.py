@@ -35,6 +35,9 @@ from .views import register_blueprints
 
 logger = logging.getLogger(__name__)
 
+#: Lower bound of the profile-store warm-up at worker start.
+WARM_MIN_SECONDS = 2.0
+
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -59,7 +62,7 @@ def create_app(settings: Settings | None = None, *, model_store=None, profile_st
     request_log.configure_logging(settings.log_level)
     init_sentry(settings.sentry_dsn)
     clock = clock or utcnow
-    metrics = build_metrics(settings, metrics_backend)
+    metrics = build_metrics(settings, metrics_backend, on_timing=request_log.add_timing)
     if model_store is None:
         model_store = _open("TAAR_MODEL_STORE", open_model_store, settings.model_store)
     if profile_store is None:
@@ -89,6 +92,7 @@ def create_app(settings: Settings | None = None, *, model_store=None, profile_st
 
     request_log.init_app(app)
     validation.register_error_handlers(app)
+    app.wsgi_app = validation.close_connection_after(app.wsgi_app)
     register_blueprints(app)
     if start_refresher:
         app.extensions["taar_refresher"].start()
@@ -100,9 +104,15 @@ def worker_started(app: flask.Flask) -> None:
 
     The model store was used by the master for the initial load; a pickle round
     trip gives this worker its own copy whose client is created on first use, so
-    workers never share the master's HTTP connections.
+    workers never share the master's HTTP connections. The refresher checks the
+    store at once (the master's models may be old: respawn, HUP, ``max_requests``)
+    and the profile store's client is built and connected before the worker
+    serves its first request (bounded: a slow store leaves it connecting).
     """
     registry = app.extensions["taar_models"]
     registry.store = pickle.loads(pickle.dumps(registry.store))
     app.extensions["taar_process"]["started_at"] = utcnow().isoformat()
-    app.extensions["taar_refresher"].start()
+    app.extensions["taar_refresher"].start(check_now=True)
+    # Connect the profile store now, not in the first request (SPEC §6.2).
+    svc = app.extensions[services.EXTENSION]
+    svc.profile_fetcher.warm(max(WARM_MIN_SECONDS, 10 * svc.settings.profile_timeout_s))

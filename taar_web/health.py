@@ -21,6 +21,7 @@ MODEL_STALE = "taar.models.E003"
 MODEL_REFRESH_FAILED = "taar.models.W001"
 OPTIONAL_MODEL_MISSING = "taar.models.W002"
 OPTIONAL_MODEL_STALE = "taar.models.W003"
+GROUP_HELD_BACK = "taar.models.W004"
 PROFILE_STORE_UNREACHABLE = "taar.profile_store.E001"
 RANKING_UNUSABLE = "taar.taarlite.E001"
 
@@ -54,6 +55,14 @@ def check_model(key: str, entry: dict, max_age_hours: float) -> list[CheckMessag
         return [CheckWarning(f"last refresh of {key} failed, serving version {entry['version']}: {last.get('error')}",
                              id=MODEL_REFRESH_FAILED)]
     return []
+
+
+def check_groups(groups: dict) -> list[CheckMessage]:
+    """``models.groups``: a group held back because its members' taar-dates differ (a warning)."""
+    if not groups:
+        return []
+    # one message (messages are keyed by id): every held-back group's reason
+    return [CheckWarning("; ".join(entry["reason"] for _, entry in sorted(groups.items())), id=GROUP_HELD_BACK)]
 
 
 def check_profile_store(ok: bool, detail: str, timeout_ms: int) -> list[CheckMessage]:
@@ -116,6 +125,7 @@ class HealthChecker:
             f"models.{key}": check_model(key, entry, self.registry.max_age_hours(self.registry.states[key]))
             for key, entry in report.items()
         }
+        results["models.groups"] = check_groups(self.registry.groups_report())
         ok, detail = self.ping_profile_store()
         results["profile_store"] = check_profile_store(ok, detail, self.settings.profile_timeout_ms)
         engine = self.registry.snapshot.engine

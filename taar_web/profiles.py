@@ -1,14 +1,45 @@
-"""The service's profile reader: one profile per request, with a deadline (SPEC §3.7)."""
+"""The service's profile reader: one profile per request, with a deadline (SPEC §3.7).
+
+Read failures are counted on every request but logged (and sent to Sentry) at
+most once per :data:`LOG_INTERVAL_SECONDS` per process, with the number of
+failures since, so a store outage cannot flood the log with tracebacks.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from taar.profile import decode_payload, normalise_profile
 from taar.storage import ProfileTimeout
 
+from . import sentry
+
 logger = logging.getLogger(__name__)
+
+LOG_INTERVAL_SECONDS = 60.0
+
+
+class RateLimitedLog:
+    """Lets one report through per ``interval_s``; counts the rest for the next report."""
+
+    def __init__(self, interval_s: float = LOG_INTERVAL_SECONDS, clock=time.monotonic):
+        self.interval_s = interval_s
+        self.clock = clock
+        self._last = None
+        self._suppressed = 0
+        self._lock = threading.Lock()
+
+    def allow(self) -> int | None:
+        """``None`` to stay quiet, else the number of reports suppressed since the last one."""
+        with self._lock:
+            now = self.clock()
+            if self._last is not None and now - self._last < self.interval_s:
+                self._suppressed += 1
+                return None
+            self._last, suppressed, self._suppressed = now, self._suppressed, 0
+            return suppressed
 
 
 class ProfileFetcher:
@@ -19,14 +50,34 @@ class ProfileFetcher:
     (``incr(name, value=1, tags=None)``).
     """
 
-    def __init__(self, store, timeout_s: float = 0.15, metrics=None):
+    def __init__(self, store, timeout_s: float = 0.15, metrics=None, *, log_interval_s: float = LOG_INTERVAL_SECONDS):
         self.store = store
         self.timeout_s = timeout_s
         self.metrics = metrics
+        self._errors = RateLimitedLog(log_interval_s)
 
     def _incr(self, name, tags=None):
         if self.metrics is not None:
             self.metrics.incr(name, tags=tags)
+
+    def warm(self, timeout_s: float) -> bool:
+        """Connect the store in this process before the first request (gunicorn ``post_fork``)."""
+        warm = getattr(self.store, "warm", None)
+        try:
+            return bool(warm(timeout_s) if warm is not None else self.store.ping(timeout_s))
+        except Exception as exc:  # a cold store is retried by the requests themselves
+            logger.warning("profile store warm-up failed: %s: %s", type(exc).__name__, exc)
+            return False
+
+    def _report(self, message: str, exc: BaseException | None) -> None:
+        suppressed = self._errors.allow()
+        if suppressed is None:
+            return
+        # no traceback (it would carry the row key in locals); the type and text are enough
+        logger.warning("%s (%d more since the last report)", message, suppressed,
+                       extra={"error": f"{type(exc).__name__}: {exc}" if exc is not None else None})
+        if exc is not None:
+            sentry.capture(exc)
 
     def get(self, hashed_id: str) -> dict | None:
         started = time.monotonic()
@@ -35,9 +86,9 @@ class ProfileFetcher:
         except ProfileTimeout:
             self._incr("profile_timeout")
             return None
-        except Exception:
+        except Exception as exc:
             self._incr("profile_error")
-            logger.warning("profile read failed", exc_info=True)
+            self._report("profile read failed", exc)
             return None
         finally:
             if self.metrics is not None and hasattr(self.metrics, "timing"):
@@ -49,7 +100,7 @@ class ProfileFetcher:
             payload = decode_payload(data)
         except ValueError:
             self._incr("profile_error")
-            logger.warning("undecodable profile payload")
+            self._report("undecodable profile payload", None)
             return None
         return normalise_profile(
             payload, client_id=hashed_id,

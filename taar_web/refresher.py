@@ -2,16 +2,22 @@
 
 Every ``TAAR_MODEL_REFRESH_SECONDS`` (±10 % jitter, so workers of a fleet do not
 hit the store in step) it runs :meth:`ModelRegistry.check_once`. While a
-required artifact has never loaded, or a group waits for its members' dates to
-agree, it comes back after ``min(60 s, interval)`` instead.
+required artifact has never loaded, a group waits for its members' dates to
+agree, or a transient failure waits for its retry, it comes back after
+``min(60 s, interval)`` (or sooner, when the retry is due sooner) instead.
 
 Under gunicorn the thread is started by the ``post_fork`` hook (threads do not
 survive ``fork``); outside gunicorn ``create_app(start_refresher=True)`` starts it.
+A thread started with ``check_now=True`` (every gunicorn worker: the master may
+have loaded its models long ago, before a respawn, HUP or ``max_requests``
+restart) checks the store at once. ``start`` reseeds the jitter from
+``os.urandom`` so that forked workers do not share one jitter sequence.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 
@@ -36,7 +42,9 @@ class Refresher:
     def next_delay(self) -> float:
         """Seconds until the next check."""
         if self.registry.needs_retry:
-            return min(RETRY_SECONDS, self.interval_s)
+            delay = min(RETRY_SECONDS, self.interval_s)
+            due = self.registry.seconds_to_next_retry()
+            return delay if due is None else max(0.05, min(delay, due))
         return self.interval_s * self._rng.uniform(1.0 - JITTER, 1.0 + JITTER)
 
     def check_once(self) -> dict[str, str]:
@@ -48,7 +56,9 @@ class Refresher:
             sentry.capture(exc)
             return {}
 
-    def _run(self) -> None:
+    def _run(self, check_now: bool) -> None:
+        if check_now:
+            self.check_once()
         while not self._stop.wait(self.next_delay()):
             self.check_once()
 
@@ -56,11 +66,17 @@ class Refresher:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self) -> Refresher:
-        """Start the thread (idempotent)."""
+    def reseed(self) -> None:
+        """A fresh jitter sequence (a forked child inherits its parent's RNG state)."""
+        self._rng.seed(os.urandom(16))
+
+    def start(self, *, check_now: bool = False) -> Refresher:
+        """Start the thread (idempotent); ``check_now`` runs a pass at once instead of after a delay."""
         if not self.running:
             self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="taar-model-refresher", daemon=True)
+            self.reseed()
+            self._thread = threading.Thread(target=self._run, args=(check_now,), name="taar-model-refresher",
+                                            daemon=True)
             self._thread.start()
             logger.info("model refresher started", extra={"interval_s": self.interval_s})
         return self

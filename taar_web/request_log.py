@@ -1,14 +1,17 @@
 """Logging (SPEC §6.4): one stdout handler, dockerflow JSON, per-request context.
 
 * :func:`configure_logging` installs, once per process, a stdout handler with the
-  dockerflow ``MozlogFormatter`` on the root logger and gives it the
+  mozlog formatter of :mod:`taar.logs` (the jobs' shape too) on the root logger and gives it the
   :class:`RequestContextFilter`; it sets the level of the ``taar*`` loggers.
   Loggers themselves never get per-request filters.
 * The request context (request id, route, hashed client id or GUID, locale,
   platform, seed) lives in a :class:`contextvars.ContextVar`, filled by the views
   through :func:`bind` and copied onto every record by the filter.
 * :func:`init_app` adds the request hooks: open the context, and write one
-  ``request.summary`` record per request.
+  ``request.summary`` record per request. It carries the request's timings
+  (``timings``: every markus timer of the request, in ms, via :func:`add_timing`)
+  and the fields the views bound (e.g. the recommended ``guids``), so a request
+  costs one log line.
 
 Raw telemetry client ids are never logged: only validated (hashed or test) ids
 are bound, and paths of unmatched requests are redacted.
@@ -24,7 +27,10 @@ import uuid
 from contextvars import ContextVar
 
 import flask
-from dockerflow.logging import MozlogFormatter
+
+from taar.logs import MozlogFormatter
+
+from . import metrics
 
 LOGGER_NAMES = ("taar", "taar_web", "request.summary")
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -69,7 +75,7 @@ def configure_logging(level: str = "INFO") -> logging.Handler:
     global _installed_handler
     if _installed_handler is None:
         handler = _StdoutHandler(sys.stdout)
-        handler.setFormatter(MozlogFormatter(logger_name="taar"))
+        handler.setFormatter(MozlogFormatter())
         handler.addFilter(RequestContextFilter())
         _installed_handler = handler
     root = logging.getLogger()
@@ -87,9 +93,14 @@ def bind(**fields) -> None:
         context.update(fields)
 
 
-def current_context() -> dict:
-    """A copy of the current request's log context."""
-    return dict(_request_context.get() or {})
+def add_timing(name: str, ms: float) -> None:
+    """Record a timing (ms) of the current request for its summary (no-op outside a request)."""
+    context = _request_context.get()
+    if context is not None:
+        timings = context.get("timings")
+        if timings is None:
+            timings = context["timings"] = {}
+        timings[name] = round(ms, 3)
 
 
 def redact_path(path: str) -> str:
@@ -106,6 +117,7 @@ def _open_context():
     rule = flask.request.url_rule
     context = {"rid": _request_id(), "route": rule.rule if rule is not None else None}
     flask.g.taar_log_token = _request_context.set(context)
+    flask.g.taar_metrics_token = metrics.begin_request()
     flask.g.taar_started = time.perf_counter()
 
 
@@ -125,6 +137,9 @@ def _summarise(response):
 
 
 def _close_context(exc):
+    metrics_token = flask.g.pop("taar_metrics_token", None)
+    if metrics_token is not None:
+        metrics.end_request(metrics_token)
     token = flask.g.pop("taar_log_token", None)
     if token is not None:
         _request_context.reset(token)

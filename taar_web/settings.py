@@ -44,6 +44,7 @@ class Settings:
     model_load_timeout_seconds: float = 120.0
     profile_timeout_ms: int = 150
     client_has_addon_token: str | None = None
+    client_has_addon_public: bool = False  # True: no token needed (local/demo); else no token -> 401
     max_body_bytes: int = 65536
     max_promoted: int = 100
     version_file: str = "version.json"
@@ -51,10 +52,13 @@ class Settings:
     statsd_host: str | None = None
     statsd_port: int = 8125
     metrics_backend: str = "logging"
+    metrics_interval_seconds: float = 60.0  # the logging backend writes one aggregated line per interval
     log_level: str = "INFO"
     port: int = 8000
     workers: int = 4
     threads: int = 8
+    keepalive_seconds: int = 620  # above the Google load balancer's 600 s idle timeout
+    header_timeout_seconds: float = 10.0  # a connection must send its request headers within this
 
     def __post_init__(self):
         unknown = [key for key in self.required_models if key not in SERVICE_ARTIFACTS]
@@ -104,6 +108,7 @@ class Settings:
             model_load_timeout_seconds=env.number("TAAR_MODEL_LOAD_TIMEOUT_SECONDS", 120.0, minimum=1.0),
             profile_timeout_ms=env.integer("TAAR_PROFILE_TIMEOUT_MS", 150, minimum=1),
             client_has_addon_token=env.text("TAAR_CLIENT_HAS_ADDON_TOKEN") or None,
+            client_has_addon_public=env.boolean("TAAR_CLIENT_HAS_ADDON_PUBLIC", False),
             max_body_bytes=env.integer("TAAR_MAX_BODY_BYTES", 65536, minimum=1),
             max_promoted=env.integer("TAAR_MAX_PROMOTED", 100, minimum=0),
             version_file=env.text("TAAR_VERSION_FILE") or "version.json",
@@ -111,10 +116,13 @@ class Settings:
             statsd_host=statsd_host,
             statsd_port=env.integer("STATSD_PORT", 8125, minimum=1, maximum=65535),
             metrics_backend=env.text("TAAR_METRICS_BACKEND").lower() or ("statsd" if statsd_host else "logging"),
+            metrics_interval_seconds=env.number("TAAR_METRICS_INTERVAL_SECONDS", 60.0, minimum=0.0),
             log_level=env.text("TAAR_LOG_LEVEL").upper() or "INFO",
             port=env.integer("PORT", 8000, minimum=1, maximum=65535),
             workers=env.integer("WORKERS", 4, minimum=1),
             threads=env.integer("THREADS", 8, minimum=1),
+            keepalive_seconds=env.integer("TAAR_KEEPALIVE_SECONDS", 620, minimum=0),
+            header_timeout_seconds=env.number("TAAR_HEADER_TIMEOUT_SECONDS", 10.0, minimum=0.1),
         )
 
 

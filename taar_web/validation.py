@@ -33,6 +33,8 @@ MAX_CLIENT_ID_CHARS = 128
 MAX_GUID_CHARS = 255
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _TRUE_FLAGS = ("1", "true")
+# C0 controls, DEL, C1 controls, and surrogates (only lone ones survive JSON/URL decoding)
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class ApiError(Exception):
@@ -79,9 +81,14 @@ def parse_flag(raw: str | None) -> bool:
     return raw in _TRUE_FLAGS
 
 
+def printable_text(value: str) -> bool:
+    """No control characters (C0, DEL, C1) and no lone surrogates: text that can be logged and encoded."""
+    return not _UNPRINTABLE.search(value)
+
+
 def parse_guid(raw: str, *, results=None, what: str = "guid") -> str:
-    """A GUID path segment: 1-255 characters."""
-    if not 1 <= len(raw) <= MAX_GUID_CHARS:
+    """A GUID path segment: 1-255 printable characters."""
+    if not 1 <= len(raw) <= MAX_GUID_CHARS or not printable_text(raw):
         raise ApiError(400, f"invalid {what}", results=results)
     return raw
 
@@ -95,10 +102,16 @@ def parse_normalize(raw: str | None) -> str:
     return raw
 
 
-def check_bearer(expected: str | None) -> None:
-    """When a token is configured, require ``Authorization: Bearer <token>`` (constant time)."""
+def check_bearer(expected: str | None, public: bool = False) -> None:
+    """Require ``Authorization: Bearer <expected>`` (constant time); fail closed (SPEC §4.6).
+
+    Without a configured token every request is a 401, unless ``public``
+    (``TAAR_CLIENT_HAS_ADDON_PUBLIC=true``) opens the route explicitly.
+    """
     if not expected:
-        return
+        if public:
+            return
+        raise ApiError(401, "unauthorized", results=False, headers={"WWW-Authenticate": "Bearer"})
     header = flask.request.headers.get("Authorization", "")
     scheme, _, supplied = header.partition(" ")
     ok = scheme.lower() == "bearer" and hmac.compare_digest(supplied.strip().encode(), expected.encode())
@@ -109,15 +122,47 @@ def check_bearer(expected: str | None) -> None:
 # --------------------------------------------------------------------------- POST body
 
 
+#: WSGI environ flag: close the connection after this response (see :func:`close_connection_after`).
+CLOSE_CONNECTION = "taar.close_connection"
+
+
+def _too_large() -> ApiError:
+    # The rest of the body is never read: the connection is closed after the 400 instead
+    # of draining up to the declared length (a client could declare gigabytes).
+    flask.request.environ[CLOSE_CONNECTION] = True
+    return ApiError(400, "request body too large")
+
+
 def read_body(max_bytes: int) -> bytes:
     """The raw request body, refusing (before reading it all) anything over ``max_bytes``."""
     declared = flask.request.content_length
     if declared is not None and declared > max_bytes:
-        raise ApiError(400, "request body too large")
+        raise _too_large()
     data = flask.request.stream.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise ApiError(400, "request body too large")
+        raise _too_large()
     return data
+
+
+def close_connection_after(wsgi_app):
+    """WSGI middleware: a response flagged :data:`CLOSE_CONNECTION` closes its connection.
+
+    gunicorn's ``start_response`` is a method of its response object; asking that
+    object to close makes gunicorn answer ``Connection: close`` and skip the body
+    drain. Other servers ignore the flag (they drain or close as they do).
+    """
+
+    def app(environ, start_response):
+        def start(status, headers, exc_info=None):
+            if environ.get(CLOSE_CONNECTION):
+                force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
+                if force_close is not None:
+                    force_close()
+            return start_response(status, headers, exc_info)
+
+        return wsgi_app(environ, start)
+
+    return app
 
 
 def _reject_constant(name):
@@ -152,7 +197,7 @@ def parse_promoted(data: bytes, max_rows: int) -> list[tuple[str, float]]:
 def _promoted_row(index: int, row) -> tuple[str, float]:
     ok = (
         isinstance(row, list) and len(row) == 2
-        and isinstance(row[0], str) and 1 <= len(row[0]) <= MAX_GUID_CHARS
+        and isinstance(row[0], str) and 1 <= len(row[0]) <= MAX_GUID_CHARS and printable_text(row[0])
         and isinstance(row[1], int | float) and not isinstance(row[1], bool)
         and (isinstance(row[1], int) or math.isfinite(row[1]))
     )

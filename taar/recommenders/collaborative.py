@@ -20,6 +20,7 @@ from taar.hashing import item_id
 from .base import Recommender, check_limit, guid_ranks, top_indices
 
 logger = logging.getLogger(__name__)
+_NO_ROWS = (np.empty(0, dtype=np.int64), np.empty(0))
 
 
 class CollaborativeRecommender(Recommender):
@@ -104,15 +105,25 @@ class CollaborativeRecommender(Recommender):
         user = self.factors_[installed].sum(axis=0)
         return self.factors_ @ user, installed
 
-    def recommend(self, profile: Mapping, limit: int, extra: Mapping | None = None) -> list[tuple[str, float]]:
+    @property
+    def candidate_guids_(self) -> tuple[str, ...]:
+        """The GUID of each row: what :meth:`recommend_rows` indexes."""
+        return self.guids_
+
+    def recommend_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
+        """:meth:`recommend` as ``(rows, scores)`` arrays (rows index ``candidate_guids_``)."""
         limit = check_limit(limit)
         if not self.can_recommend(profile, extra):
-            return []
+            return _NO_ROWS
         s, installed = self.scores(profile)
         if installed.size == 0:
-            return []
+            return _NO_ROWS
         candidate = self.eligible_.copy()
         candidate[installed] = False
         rows = np.flatnonzero(candidate)
         best = rows[top_indices(s[rows], self.guid_rank_[rows], limit)]
-        return list(zip(map(self.guids_.__getitem__, best.tolist()), s[best].tolist(), strict=True))
+        return best, s[best]
+
+    def recommend(self, profile: Mapping, limit: int, extra: Mapping | None = None) -> list[tuple[str, float]]:
+        best, scores = self.recommend_rows(profile, limit, extra)
+        return list(zip(map(self.guids_.__getitem__, best.tolist()), scores.tolist(), strict=True))

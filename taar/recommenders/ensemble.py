@@ -14,9 +14,11 @@ import logging
 import math
 from collections.abc import Mapping
 
+import numpy as np
+
 from taar.artifacts import LEGACY_MISSING_WEIGHTS, ArtifactError
 
-from .base import ENSEMBLE_MEMBERS, Recommender, check_limit, incr, sort_pairs, timer
+from .base import ENSEMBLE_MEMBERS, Recommender, check_limit, incr, sort_pairs, timer, top_indices
 
 logger = logging.getLogger(__name__)
 
@@ -41,24 +43,49 @@ def parse_weights(ensemble_weights) -> tuple[dict[str, float], bool]:
 
 
 class EnsembleRecommender(Recommender):
-    """Sums ``score × W_r`` over collaborative, similarity, locale and item_item.
+    """Sums ``score × W_r`` over the members named in ``ENSEMBLE_MEMBERS``.
+
+    Scoring is dense: ``fit`` builds one candidate index, the sorted union of
+    every member's ``candidate_guids_`` (so an index is also the GUID tie-break
+    rank), and a per-member array mapping its rows to that index. A request
+    adds each member's ``recommend_rows`` answer into one float array and ranks
+    it with numpy; the sums are the same float operations, in the same member
+    order, as the per-GUID dictionary of SPEC §5.5, so results are identical.
+    A member without ``candidate_guids_``/``recommend_rows`` (or non-finite
+    totals) falls back to that dictionary combine.
 
     Attributes
     ----------
     members_ : tuple of (str, Recommender)
-        The sub-recommenders in the fixed order of ``ENSEMBLE_MEMBERS``.
+        The sub-recommenders in the fixed ``ENSEMBLE_MEMBERS`` order.
     weights_ : dict[str, float]
         ``W_r`` per member.
     weights_defaulted_ : bool
         True when no ``ensemble_weights`` artifact was given (1.0 each).
+    guids_ : tuple of str
+        The dense candidate index (ascending GUIDs); empty when not dense.
+    rows_to_index_ : dict[str, ndarray]
+        Per member, the candidate index of each of its rows.
+    dense_ : bool
+        Every member supports the dense path.
     """
 
-    def fit(self, collaborative=None, similarity=None, locale=None, item_item=None,
-            ensemble_weights=None) -> EnsembleRecommender:
-        """Keep the fitted sub-recommenders and parse the weights artifact."""
-        given = {"collaborative": collaborative, "similarity": similarity, "locale": locale, "item_item": item_item}
-        self.members_ = tuple((name, given[name]) for name in ENSEMBLE_MEMBERS if given[name] is not None)
+    def fit(self, ensemble_weights=None, **members) -> EnsembleRecommender:
+        """Keep the fitted sub-recommenders (keyword per ``ENSEMBLE_MEMBERS`` name) and parse the weights."""
+        unknown = set(members) - set(ENSEMBLE_MEMBERS)
+        if unknown:
+            raise ValueError(f"unknown ensemble members: {', '.join(sorted(unknown))}")
+        self.members_ = tuple((name, members[name]) for name in ENSEMBLE_MEMBERS if members.get(name) is not None)
         self.weights_, self.weights_defaulted_ = parse_weights(ensemble_weights)
+        self.dense_ = all(hasattr(rec, "candidate_guids_") and hasattr(rec, "recommend_rows")
+                          for _, rec in self.members_)
+        guids = sorted({g for _, rec in self.members_ for g in rec.candidate_guids_}) if self.dense_ else []
+        self.guids_ = tuple(guids)
+        self.index_of_ = {g: i for i, g in enumerate(guids)}
+        self.rows_to_index_ = {
+            name: np.array([self.index_of_[g] for g in rec.candidate_guids_], dtype=np.int64)
+            for name, rec in self.members_
+        } if self.dense_ else {}
         return self
 
     def can_recommend(self, profile: Mapping, extra: Mapping | None = None) -> bool:
@@ -88,39 +115,79 @@ class EnsembleRecommender(Recommender):
             For each returned GUID, ``{recommender name: score × W_r}``.
         """
         results, answers = self.combine(profile, limit, extra, metrics)
-        return results, contributions(answers, [g for g, _ in results])
+        return results, self.contributions(answers, [g for g, _ in results])
+
+    def _ask(self, name, rec, profile, wanted, extra, metrics, dense: bool):
+        """One member's answer (rows and scores, or pairs), or None when it cannot or fails."""
+        with timer(metrics, f"{name}_recommend"):
+            try:
+                if not rec.can_recommend(profile, extra):
+                    return None
+                if dense:
+                    return rec.recommend_rows(profile, wanted, extra)
+                return rec.recommend(profile, wanted, extra)
+            except Exception:
+                logger.exception("ensemble: %s recommender failed; skipped", name)
+                incr(metrics, f"error_{name}")
+                return None
 
     def combine(self, profile: Mapping, limit: int, extra: Mapping | None = None,
-                metrics=None) -> tuple[list[tuple[str, float]], list[tuple[str, float, dict[str, float]]]]:
+                metrics=None) -> tuple[list[tuple[str, float]], list[tuple]]:
         """Ensemble results plus the raw member answers, for explaining only what is kept.
 
         The manager samples ``limit`` of a pool of hundreds; building contributions
         for the whole pool would cost more than the recommendation itself, so it
-        calls :func:`contributions` on the chosen GUIDs only.
+        calls :meth:`contributions` on the chosen GUIDs only.
 
         Returns
         -------
         results : list of (str, float)
             As :meth:`recommend_explained`.
-        answers : list of (str, float, dict[str, float])
-            ``(member name, W_r, {guid: score})`` for each member that answered.
+        answers : list of tuple
+            ``(member name, W_r, candidate indices, scores)`` for each member that
+            answered (``(name, W_r, {guid: score})`` on the dictionary path).
         """
         limit = check_limit(limit)
         installed = profile.get("installed_addons") or ()
         wanted = limit + len(installed)
+        if not self.dense_:
+            return self._combine_dict(profile, limit, extra, metrics, installed, wanted)
+        with timer(metrics, "ensemble_recommend"):
+            totals = np.zeros(len(self.guids_))
+            touched = np.zeros(len(self.guids_), dtype=bool)
+            answers = []
+            for name, rec in self.members_:
+                answer = self._ask(name, rec, profile, wanted, extra, metrics, dense=True)
+                if answer is None:
+                    continue
+                rows, scores = answer
+                index = self.rows_to_index_[name][rows]
+                weight = self.weights_[name]
+                # a member's rows are distinct, so this is one addition per GUID, in member order
+                totals[index] += scores * weight
+                touched[index] = True
+                answers.append((name, weight, index, scores))
+            for guid in installed:
+                i = self.index_of_.get(guid)
+                if i is not None:
+                    touched[i] = False
+            candidates = np.flatnonzero(touched)
+            values = totals[candidates]
+            if not np.isfinite(values).all():  # overflowed scores: the exact dictionary semantics
+                return self._combine_dict(profile, limit, extra, metrics, installed, wanted)
+            best = candidates[top_indices(values, candidates, limit)]
+            guids = self.guids_
+            results = list(zip(map(guids.__getitem__, best.tolist()), totals[best].tolist(), strict=True))
+        return results, answers
+
+    def _combine_dict(self, profile, limit, extra, metrics, installed, wanted):
+        """SPEC §5.5 with a per-GUID dictionary (members without the dense interface)."""
         answers = []
         with timer(metrics, "ensemble_recommend"):
             for name, rec in self.members_:
-                with timer(metrics, f"{name}_recommend"):
-                    try:
-                        if not rec.can_recommend(profile, extra):
-                            continue
-                        recs = rec.recommend(profile, wanted, extra)
-                    except Exception:
-                        logger.exception("ensemble: %s recommender failed; skipped", name)
-                        incr(metrics, f"error_{name}")
-                        continue
-                answers.append((name, self.weights_[name], dict(recs)))
+                recs = self._ask(name, rec, profile, wanted, extra, metrics, dense=False)
+                if recs is not None:
+                    answers.append((name, self.weights_[name], dict(recs)))
             totals: dict[str, float] = {}
             get = totals.get
             for _, weight, scores in answers:
@@ -131,9 +198,22 @@ class EnsembleRecommender(Recommender):
             results = sort_pairs(totals.items())[:limit]
         return results, answers
 
+    def contributions(self, answers, guids) -> dict[str, dict[str, float]]:
+        """``{guid: {member name: score × W_r}}`` for ``guids``, from :meth:`combine` answers."""
+        if not answers or len(answers[0]) == 3:
+            return contributions(answers, guids)
+        wanted = np.zeros(len(self.guids_), dtype=bool)
+        wanted[[self.index_of_[g] for g in guids]] = True
+        out: dict[str, dict[str, float]] = {g: {} for g in guids}
+        for name, weight, index, scores in answers:
+            hit = np.flatnonzero(wanted[index])
+            for i, score in zip(index[hit].tolist(), scores[hit].tolist(), strict=True):
+                out[self.guids_[i]][name] = score * weight
+        return out
+
 
 def contributions(answers, guids) -> dict[str, dict[str, float]]:
-    """``{guid: {member name: score × W_r}}`` for ``guids``, from :meth:`EnsembleRecommender.combine` answers."""
+    """``{guid: {member name: score × W_r}}`` from dictionary-path answers ``(name, W_r, {guid: score})``."""
     return {guid: {name: scores[guid] * weight for name, weight, scores in answers if guid in scores}
             for guid in guids}
 

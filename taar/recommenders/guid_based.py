@@ -262,16 +262,37 @@ class GuidBasedRecommender:
                 stop = min(self.default_indptr_[k + 1], start + limit)
                 nodes, weights = self.default_nodes_[start:stop], self.default_weights_[start:stop]
             else:
-                nodes, weights = self._memoised(k, mode)
+                nodes, weights = self._memoised(k, mode, limit)
                 nodes, weights = nodes[:limit], weights[:limit]
             guids = self.guids_
             return [(guids[i], w) for i, w in zip(nodes.tolist(), weights.tolist(), strict=True)]
 
-    def _memoised(self, k: int, mode: str):
+    def _memoised(self, k: int, mode: str, limit: int):
+        """The ordered answer of a non-default mode; memoised up to ``truncate`` entries per key.
+
+        An entry keeps only the first ``truncate`` (>= the service's result count)
+        nodes and weights, copied out of the full answer, so a guidception walk
+        that reaches thousands of add-ons costs the memo a few hundred bytes. A
+        request for more than that is computed and not memoised.
+        """
         key = (mode, k)
+        if limit > self.truncate:
+            return self._answer(k, mode)
         hit = self._memo.get(key)
         if hit is not None:
             return hit
+        nodes, weights = self._answer(k, mode)
+        answer = (nodes[: self.truncate].copy(), weights[: self.truncate].copy())
+        if self.cache_size:
+            while len(self._memo) >= self.cache_size:
+                try:  # oldest first; another thread may evict the same entry meanwhile
+                    self._memo.pop(next(iter(self._memo)), None)
+                except (StopIteration, RuntimeError):
+                    break
+            self._memo[key] = answer
+        return answer
+
+    def _answer(self, k: int, mode: str):
         if not self.can_recommend(self.guids_[k]):
             answer = (np.empty(0, dtype=np.int64), np.empty(0))
         elif mode == "guidception":
@@ -280,13 +301,6 @@ class GuidBasedRecommender:
         else:
             _, nodes, weights = self._ordered_direct(np.array([k]), mode)
             answer = (nodes, weights)
-        if self.cache_size:
-            while len(self._memo) >= self.cache_size:
-                try:  # oldest first; another thread may evict the same entry meanwhile
-                    self._memo.pop(next(iter(self._memo)), None)
-                except (StopIteration, RuntimeError):
-                    break
-            self._memo[key] = answer
         return answer
 
     # ------------------------------------------------------------------ pickling

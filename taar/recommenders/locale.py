@@ -13,6 +13,8 @@ import math
 import re
 from collections.abc import Mapping
 
+import numpy as np
+
 from .base import Recommender, check_limit, sort_pairs
 
 logger = logging.getLogger(__name__)
@@ -67,6 +69,12 @@ class LocaleRecommender(Recommender):
                 top[key] = tuple(sort_pairs(best.items()))
                 by_language.setdefault(language_subtag(key), []).append(key)
         self.top_ = top
+        # the dense form the ensemble reads: rows into candidate_guids_ and their weights
+        self.candidate_guids_ = tuple(sorted({g for entries in top.values() for g, _ in entries}))
+        row = {g: i for i, g in enumerate(self.candidate_guids_)}
+        self.top_rows_ = {key: (np.array([row[g] for g, _ in entries], dtype=np.int64),
+                                np.array([w for _, w in entries], dtype=np.float64))
+                          for key, entries in top.items()}
         self.keys_by_language_ = {lang: tuple(sorted(keys)) for lang, keys in by_language.items()}
         return self
 
@@ -87,6 +95,15 @@ class LocaleRecommender(Recommender):
 
     def can_recommend(self, profile: Mapping, extra: Mapping | None = None) -> bool:
         return self.resolve(requested_locale(profile, extra)) is not None
+
+    def recommend_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
+        """:meth:`recommend` as ``(rows, weights)`` arrays (rows index ``candidate_guids_``)."""
+        limit = check_limit(limit)
+        key = self.resolve(requested_locale(profile, extra))
+        if key is None:
+            return np.empty(0, dtype=np.int64), np.empty(0)
+        rows, weights = self.top_rows_[key]
+        return rows[:limit], weights[:limit]
 
     def recommend(self, profile: Mapping, limit: int, extra: Mapping | None = None) -> list[tuple[str, float]]:
         limit = check_limit(limit)

@@ -6,11 +6,8 @@
 seed: a fresh 63-bit seed from ``os.urandom`` unless the caller fixes one, so a
 logged seed replays a response exactly.
 
-Pickling drops the profile fetcher (it holds a client connection). An unpickled
-manager re-creates it lazily from ``profile_fetcher_factory`` when one was given
-(it must itself pickle, e.g. a module-level function or ``functools.partial``);
-without a factory it can still answer test ids, and raises RuntimeError for a
-profile lookup.
+Pickling drops the profile fetcher (it holds a client connection): an unpickled
+manager still answers test ids, and raises RuntimeError for a profile lookup.
 """
 
 from __future__ import annotations
@@ -18,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +23,6 @@ import numpy as np
 from taar.hashing import is_test_id
 
 from .base import check_limit, incr, sort_pairs, timer
-from .ensemble import contributions
 from .randomizer import weighted_sample
 
 logger = logging.getLogger(__name__)
@@ -85,31 +81,24 @@ class RecommendationManager:
     candidate_pool : int, default 0
         ``TAAR_CANDIDATE_POOL``; 0 means ``len(whitelist)``, or ``10 × limit``
         without a whitelist.
-    profile_fetcher_factory : callable, optional
-        Re-creates the fetcher after unpickling.
     """
 
-    def __init__(self, engine, profile_fetcher=None, *, randomize: bool = True, candidate_pool: int = 0,
-                 profile_fetcher_factory: Callable[[], object] | None = None):
+    def __init__(self, engine, profile_fetcher=None, *, randomize: bool = True, candidate_pool: int = 0):
         if isinstance(candidate_pool, bool) or not isinstance(candidate_pool, int) or candidate_pool < 0:
             raise ValueError(f"candidate_pool must be a non-negative int, got {candidate_pool!r}")
         self.engine = engine
         self.profile_fetcher = profile_fetcher
         self.randomize = randomize
         self.candidate_pool = candidate_pool
-        self.profile_fetcher_factory = profile_fetcher_factory
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["profile_fetcher"] = None  # holds a store client; re-created lazily
+        state["profile_fetcher"] = None  # holds a store client
         return state
 
     def _fetcher(self):
         if self.profile_fetcher is None:
-            if self.profile_fetcher_factory is None:
-                raise RuntimeError("RecommendationManager has no profile fetcher (dropped on pickling "
-                                   "and no profile_fetcher_factory given)")
-            self.profile_fetcher = self.profile_fetcher_factory()
+            raise RuntimeError("RecommendationManager has no profile fetcher (dropped on pickling)")
         return self.profile_fetcher
 
     def pool_size(self, limit: int) -> int:
@@ -156,14 +145,15 @@ class RecommendationManager:
             pool, answers = self.engine.ensemble.combine(profile, self.pool_size(limit), extra, metrics)
             pool = [(g, w) for g, w in pool if math.isfinite(w)]
             results = self.select(pool, limit, rng)
-            sources = contributions(answers, [g for g, _ in results])
-        logger.info("Client recommendations results", extra={
+            sources = self.engine.ensemble.contributions(answers, [g for g, _ in results])
+        # DEBUG: the service puts the GUIDs and seed on its one request.summary line instead
+        logger.debug("Client recommendations results", extra={
             "client_id": client_id, "guids": [g for g, _ in results], "seed": seed,
             "model_versions": self.engine.model_versions})
         return Recommendation(results, sources, seed, False, False)
 
     def _recommend_test(self, client_id, limit, seed, rng, metrics) -> Recommendation:
         incr(metrics, "test_client")
-        logger.info("Test ID detected", extra={"client_id": client_id, "seed": seed})
+        logger.debug("Test ID detected", extra={"client_id": client_id, "seed": seed})
         results = self.select(list(self.engine.test_candidates), limit, rng)
         return Recommendation(results, {g: {"test": w} for g, w in results}, seed, True, False)

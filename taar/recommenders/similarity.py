@@ -185,14 +185,24 @@ class SimilarityRecommender(Recommender):
                                "every %.0f s)", float(best), WEAK_LR_WARNING, WEAK_LR_WARNING_INTERVAL_S)
         return self.donor_addons_t_ @ self.point_votes_[points]
 
-    def recommend(self, profile: Mapping, limit: int, extra: Mapping | None = None) -> list[tuple[str, float]]:
+    @property
+    def candidate_guids_(self) -> tuple[str, ...]:
+        """The GUIDs :meth:`recommend_rows` indexes (``guids_``)."""
+        return self.guids_
+
+    def recommend_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
+        """:meth:`recommend` as ``(rows, scores)`` arrays (rows index ``candidate_guids_``)."""
         limit = check_limit(limit)
         if not self.can_recommend(profile, extra):
-            return []
+            return np.empty(0, dtype=np.int64), np.empty(0)
         s = self.scores(profile)
         positive = np.flatnonzero(s > 0)
         best = positive[top_indices(s[positive], positive, limit)]
-        return list(zip(map(self.guids_.__getitem__, best.tolist()), s[best].tolist(), strict=True))
+        return best, s[best]
+
+    def recommend(self, profile: Mapping, limit: int, extra: Mapping | None = None) -> list[tuple[str, float]]:
+        best, scores = self.recommend_rows(profile, limit, extra)
+        return list(zip(map(self.guids_.__getitem__, best.tolist()), scores.tolist(), strict=True))
 
 
 def reference_scores(donors: Sequence[Mapping], lr_curves: Sequence, profile: Mapping) -> dict[str, float]:

@@ -8,16 +8,22 @@ Reads and writes use the google-cloud-bigtable data client; :meth:`ensure_table`
 uses the admin API. Clients are created on first use in each process (after a
 fork, a new one is made) and are not part of the pickled state. With
 ``BIGTABLE_EMULATOR_HOST`` set both clients talk to the emulator with anonymous
-credentials. A read has one deadline for the whole operation: retries happen only
-inside it, and running out maps to :class:`ProfileTimeout`.
+credentials. A read has one deadline for the whole operation, client
+construction included: the client is built by a helper thread that a read waits
+for only as long as its deadline allows; retries happen only inside the deadline,
+and running out maps to :class:`ProfileTimeout`. The service calls :meth:`warm`
+in each worker at start (gunicorn ``post_fork``), so requests find a connected
+client.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import logging
 import os
 import threading
+import time
 import warnings
 from collections.abc import Iterable, Iterator
 from itertools import islice
@@ -78,6 +84,7 @@ class BigtableProfileStore:
         self._client = None
         self._table = None
         self._pid = None
+        self._connecting = None  # (pid, Future) of the client construction in flight
 
     @property
     def uri(self) -> str:
@@ -99,13 +106,50 @@ class BigtableProfileStore:
 
     # ------------------------------------------------------------------ clients
 
-    def _data_table(self):
-        """This process's data-API table handle, made on first use."""
-        if self._table is None or self._pid != os.getpid():
-            with _CLIENT_LOCK:
-                if self._table is None or self._pid != os.getpid():
-                    self._connect()
+    def _data_table(self, timeout_s: float | None = None):
+        """This process's data-API table handle; waits at most ``timeout_s`` for its construction.
+
+        The client is built once per process by a helper thread, so a request
+        whose deadline runs out leaves it building for the next one instead of
+        blocking past the deadline.
+        """
+        if self._table is not None and self._pid == os.getpid():
+            return self._table
+        with _CLIENT_LOCK:
+            pending = self._connecting
+            if pending is None or pending[0] != os.getpid():
+                future = concurrent.futures.Future()
+                pending = self._connecting = (os.getpid(), future)
+                threading.Thread(target=self._connect_into, args=(future,), name="taar-bigtable-connect",
+                                 daemon=True).start()
+        try:
+            pending[1].result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise ProfileTimeout(f"{self.uri}: client not ready within {timeout_s * 1000:.0f} ms") from None
         return self._table
+
+    def _connect_into(self, future) -> None:
+        try:
+            self._connect()
+        except BaseException as exc:
+            with _CLIENT_LOCK:
+                self._connecting = None  # the next read tries again
+            future.set_exception(exc)
+        else:
+            future.set_result(None)
+
+    def warm(self, timeout_s: float) -> bool:
+        """Build this process's client and open its channel with one read; False if not done in time."""
+        started = time.monotonic()
+        try:
+            self._data_table(timeout_s)
+            left = timeout_s - (time.monotonic() - started)
+            if left > 0:
+                self._read_row(_PING_KEY, left)
+        except Exception as exc:
+            logger.warning("profile store %s not warm after %.0f ms: %s", self.uri, timeout_s * 1000, exc)
+            return False
+        return True
 
     def _connect(self) -> None:
         from google.cloud.bigtable.data import BigtableDataClient
@@ -124,7 +168,7 @@ class BigtableProfileStore:
         """Close this process's data client (a later call makes a new one)."""
         if self._client is not None and self._pid == os.getpid():
             self._client.close()
-        self._client = self._table = self._pid = None
+        self._client = self._table = self._pid = self._connecting = None
 
     # ------------------------------------------------------------------ reads
 
@@ -143,12 +187,17 @@ class BigtableProfileStore:
     def _read_row(self, row_key: bytes, timeout_s: float):
         from google.api_core.exceptions import DeadlineExceeded
 
+        started = time.monotonic()
+        table = self._data_table(timeout_s)
+        left = timeout_s - (time.monotonic() - started)
+        if left <= 0:
+            raise ProfileTimeout(f"{self.uri}: read exceeded its {timeout_s * 1000:.0f} ms deadline")
         try:
-            return self._data_table().read_row(
+            return table.read_row(
                 row_key,
                 row_filter=self._row_filter(),
-                operation_timeout=timeout_s,
-                attempt_timeout=timeout_s,
+                operation_timeout=left,
+                attempt_timeout=left,
             )
         except DeadlineExceeded as exc:
             raise ProfileTimeout(f"{self.uri}: read exceeded its {timeout_s * 1000:.0f} ms deadline") from exc

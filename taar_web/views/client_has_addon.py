@@ -1,7 +1,8 @@
 """``GET /v1/api/client_has_addon/<hashed_client_id>/<addon_id>/`` (SPEC §4.6).
 
-Authentication (when ``TAAR_CLIENT_HAS_ADDON_TOKEN`` is set) comes before any
-validation, so an unauthenticated caller learns nothing about the inputs.
+Authentication comes before any validation, so an unauthenticated caller learns
+nothing about the inputs. It fails closed: without ``TAAR_CLIENT_HAS_ADDON_TOKEN``
+the route answers 401 unless ``TAAR_CLIENT_HAS_ADDON_PUBLIC=true``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def _no_store(body: dict) -> flask.Response:
 def client_has_addon(hashed_client_id: str, addon_id: str):
     """Whether the client's current active, non-system add-ons include ``addon_id``."""
     svc = services.current()
-    check_bearer(svc.settings.client_has_addon_token)
+    check_bearer(svc.settings.client_has_addon_token, svc.settings.client_has_addon_public)
     client = parse_client_id(hashed_client_id, results=False)
     parse_guid(addon_id, results=False, what="addon id")
     request_log.bind(client_id=client.value, guid=addon_id)

@@ -64,6 +64,7 @@ def models():
     return _json({
         "process": {"pid": os.getpid(), "started_at": process["started_at"]},
         "models": svc.registry.report(),
+        "groups": svc.registry.groups_report(),
     })
 
 

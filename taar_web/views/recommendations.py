@@ -70,6 +70,7 @@ def recommendations(hashed_client_id: str):
     recommendation = _recommend(snapshot.manager, client.value, settings.max_results,
                                 {"locale": locale, "platform": platform}, seed, svc.metrics)
     merged = merge_promoted(promoted, recommendation.results)
+    request_log.bind(guids=recommendation.guids, test_client=recommendation.is_test or None)
 
     body = {"results": [guid for guid, _, _ in merged]}
     if parse_flag(flask.request.args.get("explain")):

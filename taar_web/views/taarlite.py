@@ -66,8 +66,7 @@ def addon_recommendations(guid: str):
 
     engine = snapshot.engine
     recs = _recommend(engine, guid, mode, limit, svc.metrics)
-    logger.info("Addon related recommendations results",
-                extra={"mode": mode, "guids": [g for g, _ in recs]})
+    request_log.bind(mode=mode, guids=[g for g, _ in recs])  # on the request.summary line
     body = {"results": [g for g, _ in recs]}
     if explain:
         body["result_info"] = [{"guid": g, "weight": w, "installs": engine.guid_based.installs(g)} for g, w in recs]

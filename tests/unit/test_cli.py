@@ -53,6 +53,7 @@ def test_run_job_logs_json_and_returns_code(capsys):
 
     assert run_job(body, opts, "demo_job") == 1
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert lines[-1]["job"] == "demo_job" and lines[-1]["date"] == "2026-01-02" and lines[-1]["seed"] == 7
-    assert "no rows for 2026-01-02" in lines[-1]["message"]
+    fields = lines[-1]["Fields"]  # the service's mozlog shape (taar.logs)
+    assert fields["job"] == "demo_job" and fields["date"] == "2026-01-02" and fields["seed"] == 7
+    assert "no rows for 2026-01-02" in fields["msg"] and lines[-1]["Severity"] == 3
     assert run_job(lambda o: None, opts, "demo_job") == 0

@@ -82,3 +82,23 @@ def test_right_token_is_accepted(guarded):
 
 def test_authentication_comes_before_validation(guarded):
     assert guarded.get(url("not-a-hash", "x" * 300)).status_code == 401
+
+
+def test_without_a_token_the_route_fails_closed(make_app):
+    closed = make_app(client_has_addon_public=False).test_client()
+    response = closed.get(url())
+    assert (response.status_code, response.get_json()) == (401, {"results": False, "error": "unauthorized"})
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    # even a bearer header does not help when no token is configured
+    assert closed.get(url(), headers={"Authorization": "Bearer "}).status_code == 401
+
+
+def test_public_opt_out_opens_the_route_without_a_token(make_app):
+    opened = make_app(client_has_addon_public=True).test_client()
+    assert opened.get(url()).get_json() == {"results": True}
+
+
+def test_a_configured_token_wins_over_the_public_flag(make_app):
+    both = make_app(client_has_addon_token=TOKEN, client_has_addon_public=True).test_client()
+    assert both.get(url()).status_code == 401
+    assert both.get(url(), headers={"Authorization": f"Bearer {TOKEN}"}).get_json() == {"results": True}

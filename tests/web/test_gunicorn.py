@@ -37,7 +37,9 @@ def test_config_follows_the_environment(monkeypatch):
 
     conf = importlib.reload(conf)
     assert (conf.bind, conf.workers, conf.threads) == ("0.0.0.0:9123", 3, 5)
-    assert (conf.worker_class, conf.preload_app, conf.accesslog) == ("gthread", True, None)
+    assert (conf.worker_class, conf.preload_app, conf.accesslog) == (
+        "taar_web.gunicorn_worker.TaarThreadWorker", True, None)
+    assert conf.keepalive == 620  # above the Google load balancer's 600 s idle timeout
     assert callable(conf.post_fork) and callable(conf.pre_fork)
 
 

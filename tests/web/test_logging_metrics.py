@@ -43,14 +43,27 @@ def test_request_id_is_generated_when_absent(client, capsys):
     assert len(summary["Fields"]["rid"]) == 32
 
 
-def test_business_events_carry_the_request_context(client, capsys):
+def test_one_line_per_request_carries_the_business_fields_and_timings(client, capsys):
     capsys.readouterr()
     client.get(f"/v1/api/recommendations/{fixtures.KNOWN}/?platform=WINNT", headers={"X-Request-ID": "req-2"})
-    (event,) = [line for line in json_lines(capsys) if line["Fields"].get("msg") == "Client recommendations results"]
-    fields = event["Fields"]
+    lines = json_lines(capsys)
+    assert [line["Type"] for line in lines] == ["request.summary"]  # no line per metric or event
+    fields = lines[0]["Fields"]
     assert (fields["rid"], fields["client_id"], fields["seed"], fields["platform"]) == (
         "req-2", fixtures.KNOWN, 42, "WINNT")
     assert fields["route"] == "/v1/api/recommendations/<hashed_client_id>/"
+    assert fields["guids"] == ["c@x", "d@x", "e@x"]
+    assert {"profile_recommendation", "profile_fetch", "ensemble_recommend", "collaborative_recommend",
+            "similarity_recommend", "locale_recommend"} <= set(fields["timings"])
+    assert all(v >= 0 for v in fields["timings"].values())
+
+
+def test_taarlite_summary_carries_mode_and_guids(client, capsys):
+    capsys.readouterr()
+    client.get("/taarlite/api/v1/addon_recommendations/a@x/")
+    (summary,) = summaries(json_lines(capsys))
+    assert summary["Fields"]["mode"] == "rownorm_sum" and len(summary["Fields"]["guids"]) == 4
+    assert "guid_recommendation" in summary["Fields"]["timings"]
 
 
 def test_context_does_not_leak_into_the_next_request(client, capsys):
@@ -100,8 +113,8 @@ def test_redact_path():
 
 
 @pytest.mark.parametrize(("backend", "expected"), [
-    ("logging", "LoggingMetrics"),
-    ("statsd", "StatsdMetrics"),
+    ("logging", "AggregatingLoggingMetrics"),
+    ("statsd", "BatchingStatsdMetrics"),
     ("none", None),
 ])
 def test_backend_follows_settings(backend, expected):
@@ -129,3 +142,70 @@ def test_request_metrics_reach_the_app_backend(client, metrics):
             "taar.collaborative_recommend", "taar.similarity_recommend", "taar.locale_recommend"} <= timers
     client.get("/taarlite/api/v1/addon_recommendations/a@x/")
     assert "taar.guid_recommendation" in metrics.keys("timing")
+
+
+class Tick:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_logging_backend_aggregates_into_one_line_per_interval(caplog):
+
+    from taar_web.metrics import AggregatingLoggingMetrics
+
+    tick = Tick()
+    backend = AggregatingLoggingMetrics(options={"interval_s": 60.0, "clock": tick})
+    metrics = Metrics([backend])
+    caplog.set_level(logging.INFO, logger="taar.metrics")
+    for ms in (2.0, 4.0, 9.0):
+        metrics.timing("profile_fetch", ms)
+        metrics.incr("profile_not_found")
+    metrics.incr("invalid_request", tags=["route:x"])
+    metrics.gauge("model_age_seconds", 5.0, tags=["model:locale"])
+    assert [r for r in caplog.records if r.name == "taar.metrics"] == []  # nothing written within the interval
+
+    tick.t = 61.0
+    metrics.incr("profile_not_found")  # the first emit after the interval writes the line
+    (line,) = [r for r in caplog.records if r.name == "taar.metrics"]
+    # 3 timings 2, 4, 9 ms: mean (2 + 4 + 9) / 3 = 5, max 9; 4 profile_not_found (3 + the late one)
+    assert line.timings == {"taar.profile_fetch": {"count": 3, "mean_ms": 5.0, "max_ms": 9.0}}
+    assert line.counters == {"taar.profile_not_found": 4, "taar.invalid_request[route:x]": 1}
+    assert line.gauges == {"taar.model_age_seconds[model:locale]": 5.0}
+    assert line.interval_s == 61.0
+
+    backend.flush()  # nothing new since: no line
+    assert len([r for r in caplog.records if r.name == "taar.metrics"]) == 1
+
+
+def test_statsd_metrics_of_a_request_leave_in_one_packet():
+    import socket
+
+    from taar_web import metrics as metrics_module
+    from taar_web.metrics import BatchingStatsdMetrics
+
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(2.0)
+    try:
+        backend = BatchingStatsdMetrics(options={"statsd_host": "127.0.0.1",
+                                                 "statsd_port": receiver.getsockname()[1]})
+        metrics = Metrics([backend])
+        token = metrics_module.begin_request()
+        metrics.timing("profile_fetch", 2)
+        metrics.incr("profile_not_found")
+        metrics.timing("ensemble_recommend", 3)
+        receiver.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            receiver.recv(4096)  # nothing sent during the request
+        receiver.setblocking(True)
+        metrics_module.end_request(token)
+        packet = receiver.recv(4096).decode()
+        assert packet.split("\n") == ["taar.profile_fetch:2.000000|ms", "taar.profile_not_found:1|c",
+                                       "taar.ensemble_recommend:3.000000|ms"]
+        metrics.incr("outside")  # outside a request: sent at once
+        assert receiver.recv(4096).decode() == "taar.outside:1|c"
+    finally:
+        receiver.close()

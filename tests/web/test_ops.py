@@ -69,7 +69,7 @@ def test_heartbeat_ok(client):
     body = response.get_json()
     assert response.status_code == 200
     assert body["status"] == "ok" and body["details"] == {}
-    assert set(body["checks"]) == {f"models.{k}" for k in SERVICE_ARTIFACTS} | {"profile_store", "taarlite.ranking"}
+    assert set(body["checks"]) == {f"models.{k}" for k in SERVICE_ARTIFACTS} | {"models.groups", "profile_store", "taarlite.ranking"}
     assert response.headers["Cache-Control"] == "no-cache"
 
 

@@ -275,3 +275,16 @@ def test_randomized_answers_replay_with_the_same_seed(make_app):
     assert first["seed"] == second["seed"] == 7
     assert first["results"] == second["results"]
     assert sorted(first["results"]) == sorted(set(first["results"])) and len(first["results"]) == 3
+
+
+@pytest.mark.parametrize("row", ['["a\\u0000x", 1.0]', '["\\ud800", 1.0]', '["x\\udfffy", 2]', '["tab\\there", 1]'])
+def test_promoted_guid_with_a_lone_surrogate_or_control_character_is_400(client, row):
+    body = '{"options": {"promoted": [' + row + ']}}'
+    response = client.post(f"/v1/api/recommendations/{fixtures.KNOWN}/", data=body)
+    assert (response.status_code, response.get_json()["error"]) == (400, "invalid promoted row 0")
+
+
+def test_promoted_guid_with_non_ascii_letters_is_fine(client):
+    response = client.post(f"/v1/api/recommendations/{fixtures.KNOWN}/",
+                           data='{"options": {"promoted": [["\\u00e9l\\u00e8ve@\\u4e2d", 9.0]]}}')
+    assert response.get_json()["results"][0] == "élève@中"

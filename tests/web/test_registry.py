@@ -8,8 +8,6 @@ With the fixture models the known client gets [c, d, e] (see ``models.py``).
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import shutil
 import threading
 import time
 
@@ -21,22 +19,13 @@ from taar.storage import open_model_store
 from taar_web.app import create_app, worker_started
 from taar_web.refresher import Refresher
 from tests.fixtures import web_models as fixtures
+from tests.fixtures.registry import LOCALE_NAME, models_entry, results, write_latest
 
 pytestmark = pytest.mark.unit
 
 NEXT = dt.date(2024, 3, 11)
 KNOWN_URL = f"/v1/api/recommendations/{fixtures.KNOWN}/"
 LITE_URL = "/taarlite/api/v1/addon_recommendations/a@x/"
-LOCALE_NAME = "taar/locale/top10_dict.json.bz2"
-
-
-@pytest.fixture
-def store(tmp_path, model_store_dir):
-    """A private copy of the session's published fixture store (copying is faster than publishing)."""
-    shutil.copytree(model_store_dir, tmp_path / "models")
-    return open_model_store(str(tmp_path / "models"))
-
-
 @pytest.fixture
 def app(make_app, store):
     return make_app(model_store=store)
@@ -46,22 +35,6 @@ def app(make_app, store):
 def refresher(app):
     return app.extensions["taar_refresher"]
 
-
-def write_latest(store, name, data: bytes, date: str | None = "20240311", sha256: str | None = None):
-    """Replace a latest object by hand (bypassing publish), with or without metadata."""
-    metadata = None
-    if date is not None:
-        metadata = {"taar-date": date, "taar-sha256": sha256 or hashlib.sha256(data).hexdigest(),
-                    "taar-producer": "tests/web"}
-    store.write_bytes(name, data, metadata)
-
-
-def results(app, url=KNOWN_URL):
-    return app.test_client().get(url).get_json()["results"]
-
-
-def models_entry(app, key):
-    return app.test_client().get("/__models__").get_json()["models"][key]
 
 
 def test_unchanged_store_swaps_nothing(app, refresher):

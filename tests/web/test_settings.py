@@ -23,6 +23,7 @@ def test_empty_environment_gives_the_spec_defaults():
     assert (s.version_file, s.sentry_dsn, s.statsd_port, s.metrics_backend, s.log_level) == (
         "version.json", "", 8125, "logging", "INFO")
     assert (s.port, s.workers, s.threads) == (8000, 4, 8)
+    assert (s.client_has_addon_public, s.keepalive_seconds, s.header_timeout_seconds) == (False, 620, 10.0)
 
 
 def test_every_variable_is_read():
@@ -35,7 +36,8 @@ def test_every_variable_is_read():
         "TAAR_PROFILE_TIMEOUT_MS": "80", "TAAR_CLIENT_HAS_ADDON_TOKEN": "tok", "TAAR_MAX_BODY_BYTES": "1024",
         "TAAR_MAX_PROMOTED": "5", "TAAR_VERSION_FILE": "/app/version.json", "SENTRY_DSN": "",
         "STATSD_HOST": "statsd.local", "STATSD_PORT": "9125", "TAAR_LOG_LEVEL": "debug",
-        "PORT": "9000", "WORKERS": "2", "THREADS": "4",
+        "PORT": "9000", "WORKERS": "2", "THREADS": "4", "TAAR_CLIENT_HAS_ADDON_PUBLIC": "true",
+        "TAAR_KEEPALIVE_SECONDS": "700", "TAAR_HEADER_TIMEOUT_SECONDS": "2.5",
     })
     assert (s.model_store, s.profile_store, s.max_results, s.taarlite_max_results) == (
         "gs://bucket/prefix", "bigtable://p/i/t", 5, 3)
@@ -47,6 +49,7 @@ def test_every_variable_is_read():
         "tok", 1024, 5, "/app/version.json")
     assert (s.statsd_host, s.statsd_port, s.metrics_backend, s.log_level) == ("statsd.local", 9125, "statsd", "DEBUG")
     assert (s.port, s.workers, s.threads) == (9000, 2, 4)
+    assert (s.client_has_addon_public, s.keepalive_seconds, s.header_timeout_seconds) == (True, 700, 2.5)
 
 
 def test_explicit_truncate_wins():

@@ -146,3 +146,9 @@ def test_openapi_normalize_enum_lists_the_recommender_modes():
     enums = [p["schema"]["enum"] for path in document["paths"].values() for op in path.values()
              if isinstance(op, dict) for p in op.get("parameters", ()) if p.get("name") == "normalize"]
     assert enums and all(e == ["", *MODES] for e in enums)
+
+
+@pytest.mark.parametrize("guid", ["a%00x", "a%1Fx", "a%7Fx", "a%C2%85x"])
+def test_guid_with_control_characters_is_400(client, guid):
+    response = client.get(f"/taarlite/api/v1/addon_recommendations/{guid}/")
+    assert (response.status_code, response.get_json()["error"]) == (400, "invalid guid")

@@ -108,3 +108,65 @@ def test_cannot_recommend_when_no_member_can():
     rec = EnsembleRecommender().fit(**m)
     assert not rec.can_recommend(PROFILE)
     assert rec.recommend(PROFILE, 3) == []
+
+
+# --------------------------------------------------------------------------- dense path
+
+
+def random_members(seed):
+    """Real members over random models with coarse values, so that cross-member ties are common."""
+    import numpy as np
+
+    from taar.hashing import item_id
+    from taar.recommenders import CollaborativeRecommender, SimilarityRecommender
+
+    rng = np.random.default_rng(seed)
+    guids = [f"g{i:02d}@x" for i in range(40)]
+    factors = rng.integers(-2, 3, size=(30, 3)).astype(float)
+    collaborative = CollaborativeRecommender().fit(
+        item_matrix=[{"id": item_id(g), "features": f.tolist()} for g, f in zip(guids[:30], factors, strict=True)],
+        addon_mapping={str(item_id(g)): {"id": g, "isWebextension": bool(i % 7)} for i, g in enumerate(guids[:30])})
+    donors = [{"geo_city": str(rng.choice(["a", "b"])), "locale": "en-US", "os": "Linux",
+               "subsession_length": float(rng.integers(0, 5)), "bookmark_count": 1.0, "tab_open_count": 1.0,
+               "total_uri": 1.0, "unique_tlds": 1.0,
+               "active_addons": rng.choice(guids[10:], size=4, replace=False).tolist()} for _ in range(30)]
+    similarity = SimilarityRecommender().fit(donors=donors, lr_curves=[[0.0, [4.0, 1.0]], [1.0, [2.0, 1.0]],
+                                                                       [5.0, [1.0, 2.0]]])
+    locale = LocaleRecommender().fit(locale={"en-US": [[g, float(rng.integers(1, 4))] for g in guids[5:25]]})
+    return {"collaborative": collaborative, "similarity": similarity, "locale": locale}
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_dense_combine_equals_the_dictionary_combine(seed):
+    import numpy as np
+
+    weights = {"ensemble_weights": {"collaborative": 1.0, "similarity": 0.5, "locale": 0.25}}
+    m = random_members(seed)
+    dense = EnsembleRecommender().fit(**m, ensemble_weights=weights)
+    assert dense.dense_
+    rng = np.random.default_rng(100 + seed)
+    for _ in range(20):
+        profile = toy.profile(installed_addons=rng.choice([f"g{i:02d}@x" for i in range(40)], size=3,
+                                                          replace=False).tolist(),
+                              geo_city=str(rng.choice(["a", "b"])), locale="en-US",
+                              subsession_length=float(rng.integers(0, 5)))
+        for limit in (1, 5, 50):
+            results, answers = dense.combine(profile, limit)
+            # the SPEC §5.5 dictionary combine of the very same members is the reference
+            expected, expected_answers = dense._combine_dict(profile, limit, None, None,
+                                                             profile["installed_addons"], limit + 3)
+            assert results == expected
+            guids = [g for g, _ in results]
+            assert dense.contributions(answers, guids) == EnsembleRecommender().contributions(
+                expected_answers, guids)
+
+
+def test_members_without_the_dense_interface_use_the_dictionary_path():
+    rec = EnsembleRecommender().fit(**members(), ensemble_weights=WEIGHTS)
+    assert not rec.dense_
+    assert rec.recommend(PROFILE, 4) == [("x", 5.0), ("y", 3.0), ("z", 3.0), ("w", 2.0)]
+
+
+def test_unknown_member_name_is_refused():
+    with pytest.raises(ValueError, match="unknown ensemble members: nope"):
+        EnsembleRecommender().fit(nope=StubRecommender([]))

@@ -145,6 +145,28 @@ def test_default_mode_is_precomputed_and_other_modes_memoised_with_a_bound():
     assert_pairs(rec.recommend("d", "guidception", 1), [("a", 14369 / 31920)])
 
 
+def test_memo_entries_hold_only_truncate_nodes_and_answer_identically():
+    # a 30-GUID chain: the guidception walk from g00 reaches many add-ons, the memo keeps 2
+    guids = [f"g{i:02d}" for i in range(30)]
+    coinstall = {}
+    for a, b in zip(guids, guids[1:], strict=False):
+        coinstall.setdefault(a, {})[b] = 5
+        coinstall.setdefault(b, {})[a] = 5
+    for g in guids[1:]:
+        coinstall["g00"][g] = 1
+        coinstall[g]["g00"] = 1
+    memo = GuidBasedRecommender(truncate=2).fit(coinstall=coinstall)
+    plain = GuidBasedRecommender(truncate=2, cache_size=0).fit(coinstall=coinstall)
+    full = plain._answer(0, "guidception")[0]
+    assert full.shape[0] > 2  # the full answer is longer than what is kept
+    assert memo.recommend("g00", "guidception", 2) == plain.recommend("g00", "guidception", 2)
+    nodes, weights = memo._memo[("guidception", 0)]
+    assert (nodes.shape[0], weights.shape[0]) == (2, 2) and nodes.base is None  # a copy, not a view
+    # asking for more than truncate computes the full answer and memoises nothing new
+    assert memo.recommend("g00", "guidception", 5) == plain.recommend("g00", "guidception", 5)
+    assert len(memo._memo) == 1
+
+
 def test_pickle_drops_the_memo_and_answers_identically(rec):
     before = {(g, m): rec.recommend(g, m, 10) for g in "abcde" for m in MODES}
     copy = pickle.loads(pickle.dumps(rec))

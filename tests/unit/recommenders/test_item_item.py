@@ -13,8 +13,7 @@ import pytest
 
 from taar import artifacts
 from taar.recommenders import ItemItemRecommender, build_engine
-
-from . import toy
+from tests.fixtures import toy
 
 pytestmark = pytest.mark.unit
 
