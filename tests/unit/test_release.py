@@ -452,3 +452,80 @@ def test_dataproc_init_fails_without_its_wheelhouse(tmp_path):
     result = subprocess.run(["bash", str(ROOT / "deploy" / "dataproc-init.sh")], env=env, capture_output=True,
                             text=True)
     assert result.returncode == 1 and "taar-wheelhouse" in result.stderr
+
+
+# --------------------------------------------------------------------------- RELEASING.md names what the DAGs read
+
+
+class _RecordingVars:
+    """``var.value`` / ``var.json`` that record every Variable a template reads."""
+
+    def __init__(self, values, seen):
+        self.values, self.seen = values, seen
+
+    def __getattr__(self, name):
+        self.seen.add(name)
+        return self.values[name]
+
+    def get(self, name, default=None):
+        self.seen.add(name)
+        return self.values.get(name, default)
+
+
+def _render_all(dag, template, render, var):
+    if isinstance(template, str):
+        return render(dag, template, var=var) if "{" in template else template
+    if isinstance(template, (list, tuple)):
+        return [_render_all(dag, t, render, var) for t in template]
+    if isinstance(template, dict):
+        return {k: _render_all(dag, v, render, var) for k, v in template.items()}
+    return template
+
+
+def variables_read_by_the_dags(monkeypatch) -> dict[str, set[str]]:
+    """Per target, every Airflow Variable the DAGs' templates read (found by rendering every templated field)."""
+    from tests.dags.conftest import JSON_VARIABLES, VARIABLES, load_dagbag, render
+
+    values = {**VARIABLES, "taar_locale_every_days": "1", "taar_allow_missing_days": "0",
+              "taar_spark_master": "local[2]", "taar_profile_store": "sqlite:///x",
+              "taar_bigtable_table": "taar_profile"}
+    found = {}
+    for target in ("gcp", "local"):
+        seen = set()
+        var = {"value": _RecordingVars(values, seen), "json": _RecordingVars(JSON_VARIABLES, seen)}
+        for dag in load_dagbag(target, monkeypatch).dags.values():
+            for task in dag.tasks:
+                for field in task.template_fields:
+                    _render_all(dag, getattr(task, field, None), render, var)
+        found[target] = seen
+    return found
+
+
+def releasing_settings() -> dict[str, tuple[str, str]]:
+    """``name -> (kind, targets)`` from the table of RELEASING.md's "DAG settings" section."""
+    text = (ROOT / "RELEASING.md").read_text()
+    section = text.split("## DAG settings", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 4 and cells[0].startswith("`"):
+            for name in re.findall(r"`([^`]+)`", cells[0]):  # a row may name several settings
+                rows[name] = (cells[1], cells[2])
+    return rows
+
+
+def test_releasing_names_exactly_the_variables_and_env_the_dags_read(monkeypatch):
+    documented = releasing_settings()
+    read = variables_read_by_the_dags(monkeypatch)
+    variables = {name: targets for name, (kind, targets) in documented.items() if kind == "Variable"}
+    assert set(variables) == read["gcp"] | read["local"]
+    for name, targets in variables.items():
+        on = {t for t in ("gcp", "local") if name in read[t]}
+        assert targets == ("both" if on == {"gcp", "local"} else on.pop()), name
+    sources = "\n".join(p.read_text() for p in (ROOT / "dags").rglob("*.py"))
+    env_read = set(re.findall(r"environ\.get\(\s*[\"'](TAAR_\w+)", sources)) | set(
+        re.findall(r"^\w+_ENV = \"(TAAR_\w+)\"", sources, flags=re.M))
+    assert {name for name, (kind, _) in documented.items() if kind == "env"} == env_read
+    # the release steps use these names
+    steps = (ROOT / "RELEASING.md").read_text()
+    assert "TAAR_DEPLOY_TARGET=gcp" in steps and "airflow variables import" in steps
