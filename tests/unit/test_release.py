@@ -339,6 +339,11 @@ def test_deploy_jobs_use_the_pinned_full_cloud_cli_image(circleci):
     repo, _, version = image.partition(":")
     assert repo == "gcr.io/google.com/cloudsdktool/google-cloud-cli"
     assert re.fullmatch(r"\d+\.\d+\.\d+", version), "pinned to a full-image version (not slim, not latest)"
+    # the test job installs the same Cloud CLI version, so the --help checks below test the pinned tools
+    installs = " ".join(_commands(circleci, "test"))
+    for package in ("google-cloud-cli", "google-cloud-cli-bigtable-emulator", "kubectl",
+                    "google-cloud-cli-gke-gcloud-auth-plugin"):
+        assert re.search(rf"\b{package}=(1:)?{re.escape(version)}-0\b", installs), package
     for job in DEPLOY_JOBS:
         assert circleci["jobs"][job]["executor"] == "deploy"
 
