@@ -5,8 +5,8 @@
 # 1. Installs the Python packages the Spark jobs need beyond the Dataproc image, offline, from the release's
 #    wheelhouse (built by CI from requirements/dataproc.txt and constraints.txt): the same versions on every
 #    node of every cluster, nothing fetched from a public index or bucket at boot.
-# 2. On the master of a cluster whose metadata names a Secret Manager secret (taar-locale-noise-key-secret),
-#    exports its value to the Spark driver as TAAR_LOCALE_NOISE_KEY. The value is never printed.
+# 2. On the master, exports TAAR_DEPLOY_TARGET=gcp to the Spark driver and, when the cluster's metadata names a
+#    Secret Manager secret (taar-locale-noise-key-secret), its value as TAAR_LOCALE_NOISE_KEY (never printed).
 #
 # Overridable for tests: TAAR_METADATA (metadata reader), TAAR_PIP, TAAR_SPARK_ENV, TAAR_GCLOUD.
 set -euo pipefail
@@ -26,6 +26,11 @@ fi
 local_dir="$(mktemp -d)"
 "$GCLOUD" storage cp "$wheelhouse/*" "$local_dir/"
 "$PIP" install --no-index --find-links "$local_dir" -c "$local_dir/constraints.txt" -r "$local_dir/requirements.txt"
+
+if [ "$(meta dataproc-role)" = "Master" ]; then
+  # jobs can tell production from a local run (e.g. to refuse a development key)
+  echo 'export TAAR_DEPLOY_TARGET=gcp' >> "$SPARK_ENV"
+fi
 
 secret="$(meta taar-locale-noise-key-secret)"
 if [ -n "$secret" ] && [ "$(meta dataproc-role)" = "Master" ]; then

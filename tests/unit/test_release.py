@@ -444,9 +444,10 @@ def test_dataproc_init_installs_offline_and_hands_the_key_to_the_driver_only(tmp
     spark_env = tmp_path / "spark-env.sh"
     if role == "Master":
         assert "gcloud secrets versions access latest --secret=projects/p/secrets/noise" in calls
-        exported = subprocess.run(["bash", "-c", f"source {spark_env}; printf %s \"$TAAR_LOCALE_NOISE_KEY\""],
-                                  capture_output=True, text=True).stdout
-        assert exported == "s3cr3t key"
+        exported = subprocess.run(
+            ["bash", "-c", f"source {spark_env}; printf '%s|%s' \"$TAAR_LOCALE_NOISE_KEY\" \"$TAAR_DEPLOY_TARGET\""],
+            capture_output=True, text=True).stdout
+        assert exported == "s3cr3t key|gcp"
     else:
         assert not spark_env.exists() and not any("secrets" in c for c in calls)
 
