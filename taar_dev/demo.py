@@ -7,7 +7,8 @@
 2. The fake AMO on ``127.0.0.1:8765``.
 3. ``AIRFLOW_HOME=./var/airflow`` (examples off, ``dags/`` as the DAG folder): the
    database migrated once, the Variables of the local target set.
-4. ``airflow dags test taar_daily`` then ``taar_weekly`` with ``job_date=DEMO_DATE``.
+4. ``airflow dags test taar_daily`` then ``taar_weekly`` with ``job_date=DEMO_DATE``;
+   each task's state change is printed as it happens.
 5. The service (gunicorn) on ``localhost:8000`` against ``./var/models`` and
    ``sqlite:///./var/profiles.sqlite3``, and example ``curl`` lines, each tried once.
 
@@ -208,6 +209,11 @@ def prepare_data(layout: Layout, clients: int, date: dt.date, seed: int) -> None
         logger.warning("no deletion_request partition for %s: the weekly DAG's sensor will wait for it and fail", date)
 
 
+def print_progress(change) -> None:
+    """Print one task state change as it happens (``make demo`` shows the run going)."""
+    print(change.line(), flush=True)
+
+
 def run_dags(layout: Layout, amo_url: str, clients: int, date: dt.date, seed: int, timings: dict) -> bool:
     """Steps 3-4; True when both DAG runs succeeded (else the failing tasks' output is printed)."""
     started = time.monotonic()
@@ -215,7 +221,8 @@ def run_dags(layout: Layout, amo_url: str, clients: int, date: dt.date, seed: in
     airflow.prepare(local_variables(layout, amo_url, seed=seed, extra_args=extra_args_for(clients)))
     timings["airflow setup"] = time.monotonic() - started
     for dag_id in DAG_IDS:
-        result = airflow.run_dag(dag_id, date, log_path=layout.logs / f"{dag_id}-{date.isoformat()}.log")
+        result = airflow.run_dag(dag_id, date, log_path=layout.logs / f"{dag_id}-{date.isoformat()}.log",
+                                 on_change=print_progress)
         timings[dag_id] = result.duration_s
         if not result.ok:
             _report_failure(result)

@@ -38,6 +38,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -150,7 +151,6 @@ def local_variables(layout: Layout, amo_url: str, *, seed: int = 42, spark_maste
     ``taar_local_extra_args``), e.g. smaller job thresholds for a small data set.
     """
     return {
-        "taar_deploy_target": "local",
         "taar_model_store": str(layout.models),
         "taar_etl_store": str(layout.etl),
         "taar_source": str(layout.telemetry),
@@ -298,11 +298,13 @@ class LocalAirflow:
         stamp_path.write_text(json.dumps(stamp, sort_keys=True), encoding="utf-8")
 
     def run_dag(self, dag_id: str, job_date: dt.date, *, log_path: Path, timeout_s: float | None = None,
-                poll_s: float = 2.0) -> DagRunResult:
+                poll_s: float = 2.0, on_change: Callable[[TaskChange], None] | None = None) -> DagRunResult:
         """``airflow dags test <dag_id> <D> -c '{"job_date": D}'``, watched until it ends.
 
         The run is stopped early (and reported failed) when a task fails or waits for
         a retry, or after ``timeout_s``. Interrupting this call stops the run too.
+        ``on_change`` is called with each task state change as the run goes (polled
+        every ``poll_s`` seconds, and once more at the end).
         """
         day = job_date.isoformat()
         log_path = Path(log_path)
@@ -311,6 +313,7 @@ class LocalAirflow:
         cmd = [self.python, "-m", "airflow", "dags", "test", dag_id, day, "-c", json.dumps({"job_date": day})]
         started = time.monotonic()
         stopped = None
+        seen: dict[str, tuple[str | None, int]] = {}
         logger.info("running %s for %s (log: %s)", dag_id, day, log_path)
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(cmd, env=self.env(), cwd=self.repo_root, stdout=log, stderr=subprocess.STDOUT,
@@ -318,6 +321,7 @@ class LocalAirflow:
             try:
                 while proc.poll() is None:
                     tasks = self._tasks(dag_id, since)
+                    _report_changes(dag_id, tasks, seen, started, on_change)
                     failing = sorted(t.task_id for t in tasks.values() if t.state in STOP_STATES)
                     if failing:
                         stopped = f"task {', '.join(failing)} failed"
@@ -332,8 +336,10 @@ class LocalAirflow:
                 raise
         returncode = proc.wait()
         state = self._run_state(dag_id, since)
-        result = DagRunResult(dag_id, job_date, state, returncode, time.monotonic() - started,
-                              self._tasks(dag_id, since), log_path, stopped)
+        tasks = self._tasks(dag_id, since)
+        _report_changes(dag_id, tasks, seen, started, on_change)
+        result = DagRunResult(dag_id, job_date, state, returncode, time.monotonic() - started, tasks, log_path,
+                              stopped)
         logger.info("%s for %s: %s", dag_id, day, "success" if result.ok else f"FAILED ({stopped or state})")
         return result
 
@@ -366,6 +372,43 @@ class LocalAirflow:
         rows = self._query("SELECT task_id, state, try_number, duration FROM task_instance "
                            "WHERE dag_id = ? AND run_id = ?", (dag_id, run_id))
         return {r[0]: TaskResult(r[0], r[1], r[2] or 0, r[3]) for r in rows}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskChange:
+    """One task state change seen while a DAG run goes (for progress output)."""
+
+    dag_id: str
+    task_id: str
+    state: str | None
+    try_number: int
+    elapsed_s: float  # since the run started
+
+    def line(self) -> str:
+        tries = f" (try {self.try_number})" if self.try_number > 1 else ""
+        return f"[{self.elapsed_s:6.0f} s] {self.dag_id}.{self.task_id}: {self.state or 'none'}{tries}"
+
+
+def task_changes(dag_id: str, tasks: dict[str, TaskResult], seen: dict[str, tuple[str | None, int]],
+                 elapsed_s: float) -> list[TaskChange]:
+    """The tasks whose ``(state, try)`` differ from ``seen`` (updated in place), in task id order.
+    Tasks not yet scheduled (no state) are not reported."""
+    changes = []
+    for task_id in sorted(tasks):
+        task = tasks[task_id]
+        key = (task.state, task.try_number)
+        if task.state is None or seen.get(task_id) == key:
+            continue
+        seen[task_id] = key
+        changes.append(TaskChange(dag_id, task_id, task.state, task.try_number, elapsed_s))
+    return changes
+
+
+def _report_changes(dag_id, tasks, seen, started, on_change) -> None:
+    if on_change is None:
+        return
+    for change in task_changes(dag_id, tasks, seen, time.monotonic() - started):
+        on_change(change)
 
 
 def _stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
@@ -431,7 +474,8 @@ class Service:
         """Start gunicorn and wait until ``/__lbheartbeat__`` answers (models are loaded by then)."""
         if not port_is_free(self.host, self.port):
             raise LocalRunError(f"port {self.port} on {self.host} is in use (another demo or service running?)")
-        env = {**os.environ, "TAAR_MODEL_STORE": self.model_store, "TAAR_PROFILE_STORE": self.profile_store,
+        # a local service answers client_has_addon without a token (production fails closed, SPEC §4.6)
+        env = {"TAAR_CLIENT_HAS_ADDON_PUBLIC": "true", **os.environ, "TAAR_MODEL_STORE": self.model_store, "TAAR_PROFILE_STORE": self.profile_store,
                "PORT": str(self.port), "WORKERS": str(self.workers), "THREADS": str(self.threads),
                **self.extra_env}
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL

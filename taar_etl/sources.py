@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,7 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from taar_etl.tables import BQ_TABLES, SourceError
+from taar_etl.tables import BQ_TABLES, SourceError, add_bq_table_arguments, parse_bq_tables
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +35,10 @@ DEFAULT_BATCH_ROWS = 65_536
 
 
 def add_bq_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags naming the BigQuery billing project and (optionally) other fully qualified tables."""
+    """Flags naming the BigQuery billing project and the source tables (one format for every job)."""
     parser.add_argument("--bq-project", default=os.environ.get("GOOGLE_CLOUD_PROJECT"),
                         help="BigQuery project that runs the queries (--source bq)")
-    parser.add_argument("--bq-tables", default="{}",
-                        help='JSON {"table": "project.dataset.table"} overriding the default source tables')
+    add_bq_table_arguments(parser)
 
 
 def add_completeness_argument(parser: argparse.ArgumentParser) -> None:
@@ -51,10 +49,7 @@ def add_completeness_argument(parser: argparse.ArgumentParser) -> None:
 
 def bq_tables(option: str | Mapping | None) -> dict[str, str]:
     """The default table names with the ``--bq-tables`` overrides applied."""
-    overrides = json.loads(option) if isinstance(option, str) else dict(option or {})
-    if not isinstance(overrides, dict):
-        raise ValueError(f"--bq-tables must be a JSON object, got {option!r}")
-    return {**BQ_TABLES, **overrides}
+    return parse_bq_tables(option)
 
 
 def _dataset(root: str, table: str) -> ds.Dataset:

@@ -10,7 +10,7 @@ same way: :func:`job_session` (reuse an active session, stop only one it made),
 :func:`xxhash_order` (seeded ordering key instead of ``rand()``),
 :func:`sample_clients`, :func:`latest_row_per_client`,
 :func:`read_input_artifact` (dated input artifacts of the same DAG run),
-:func:`add_source_arguments` / :func:`read_source` (``--bq-table`` overrides and
+:func:`add_source_arguments` / :func:`read_source` (``--bq-tables`` overrides and
 the views' materialisation dataset) and :func:`publish_job_metrics` (SPEC §9.3).
 """
 
@@ -23,7 +23,7 @@ import os
 import sys
 
 from taar.hashing import SAMPLE_BUCKETS
-from taar_etl.tables import BQ_TABLES, SourceError
+from taar_etl.tables import BQ_TABLES, SourceError, add_bq_table_arguments, parse_bq_tables
 
 logger = logging.getLogger(__name__)
 
@@ -203,26 +203,20 @@ def read_input_artifact(store, key, date, allow_latest=False):
 
 
 def add_source_arguments(parser):
-    """Add the BigQuery flags every Spark job shares: per-table names and the views' dataset."""
-    parser.add_argument("--bq-table", action="append", default=[], metavar="TABLE=PROJECT.DATASET.TABLE",
-                        help=f"override a BigQuery table name (tables: {', '.join(BQ_TABLES)}); repeatable")
-    parser.add_argument("--bq-materialization-dataset", default=None,
-                        help="dataset the spark-bigquery connector materialises views into")
+    """Add the BigQuery flags every Spark job shares: ``--bq-tables`` (JSON, the container jobs' format too)
+    and the views' materialisation dataset."""
+    add_bq_table_arguments(parser)
     return parser
 
 
 def bq_tables_from(options) -> dict[str, str]:
-    """The table names in force: :data:`BQ_TABLES` with the ``--bq-table`` overrides applied."""
+    """The table names in force: :data:`BQ_TABLES` with the ``--bq-tables`` overrides applied."""
     from taar_etl.cli import UsageError
 
-    tables = dict(BQ_TABLES)
-    for item in getattr(options, "bq_table", None) or ():
-        table, sep, name = item.partition("=")
-        if not sep or table not in BQ_TABLES or not name:
-            raise UsageError(f"--bq-table {item!r}: expected TABLE=PROJECT.DATASET.TABLE with TABLE one of "
-                             f"{', '.join(BQ_TABLES)}")
-        tables[table] = name
-    return tables
+    try:
+        return parse_bq_tables(getattr(options, "bq_tables", None))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def read_source(spark, options, table, columns, start, end):

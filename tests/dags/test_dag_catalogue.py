@@ -17,7 +17,7 @@ pytestmark = pytest.mark.airflow
 def test_daily_model_objects_are_the_catalogue_names():
     sys.path.insert(0, str(DAGS))
     try:
-        utils = importlib.import_module("taar_dag_utils")
+        utils = importlib.import_module("taar_dags.tasks")
     finally:
         sys.path.remove(str(DAGS))
     assert set(utils.DAILY_MODEL_OBJECTS) == set(REQUIRED_MODELS)

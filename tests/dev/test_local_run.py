@@ -25,6 +25,7 @@ from taar_dev.local_run import (
     TaskResult,
     ensure_synthetic,
     local_variables,
+    task_changes,
     task_output,
 )
 
@@ -141,8 +142,12 @@ def fake_airflow(tmp_path, locale_state):
 @pytest.mark.integration
 def test_a_run_whose_task_waits_for_a_retry_is_stopped_and_failed(tmp_path):
     airflow = fake_airflow(tmp_path, "up_for_retry")
-    result = airflow.run_dag("taar_daily", D, log_path=tmp_path / "run.log", poll_s=0.1, timeout_s=60)
+    changes = []
+    result = airflow.run_dag("taar_daily", D, log_path=tmp_path / "run.log", poll_s=0.1, timeout_s=60,
+                             on_change=changes.append)
     assert result.duration_s < 30  # not the 600 s the stand-in would sleep
+    # progress: each task's state reported once, as seen, the older run's tasks not mixed in
+    assert sorted((c.task_id, c.state) for c in changes) == [("amodump", "success"), ("locale", "up_for_retry")]
     assert not result.ok
     assert result.stopped == "task locale failed"
     assert result.failed_tasks == ["locale"]
@@ -161,6 +166,19 @@ def test_a_successful_run_reports_its_tasks(tmp_path):
 
 
 @pytest.mark.unit
+def test_task_changes_report_each_new_state_and_try_once(capsys):
+    seen = {}
+    first = {"amodump": TaskResult("amodump", "running", 1, None), "locale": TaskResult("locale", None, 0, None)}
+    assert [(c.task_id, c.state) for c in task_changes("taar_daily", first, seen, 1.0)] == [("amodump", "running")]
+    assert task_changes("taar_daily", first, seen, 2.0) == []  # nothing new
+    later = {"amodump": TaskResult("amodump", "success", 1, 3.0), "locale": TaskResult("locale", "running", 2, None)}
+    changes = task_changes("taar_daily", later, seen, 12.0)
+    assert [(c.task_id, c.state, c.try_number) for c in changes] == [("amodump", "success", 1), ("locale", "running", 2)]
+    demo.print_progress(changes[1])
+    assert capsys.readouterr().out == "[    12 s] taar_daily.locale: running (try 2)\n"
+
+
+@pytest.mark.unit
 def test_run_result_ignores_the_watcher_and_needs_success():
     tasks = {"locale": TaskResult("locale", "failed", 1, 1.0), "watcher": TaskResult("watcher", "failed", 1, 0.1),
              "similarity": TaskResult("similarity", "upstream_failed", 0, None)}
@@ -175,10 +193,9 @@ def test_run_result_ignores_the_watcher_and_needs_success():
 
 def _render_local_commands(monkeypatch, variables):
     """task id → rendered command line (BashOperators) or op_kwargs (sensors) of both local DAGs."""
-    from airflow.dag_processing.dagbag import DagBag
-    from airflow.sdk.execution_time.macros import ds_add
+    from airflow.dag_processing.dagbag import BundleDagBag
 
-    from tests.fixtures.dags import DAGS
+    from tests.fixtures.dags import DAGS, scheduled_run
 
     class Accessor:
         def __init__(self, parse):
@@ -193,11 +210,11 @@ def _render_local_commands(monkeypatch, variables):
             return self.get(name)
 
     monkeypatch.setenv("TAAR_DEPLOY_TARGET", "local")
-    bag = DagBag(dag_folder=str(DAGS))
+    bag = BundleDagBag(dag_folder=str(DAGS), bundle_path=DAGS)
     assert not bag.import_errors
-    context = {"ds": "2026-11-21", "params": {"job_date": D.isoformat()},
-               "data_interval_end": dt.datetime(2026, 11, 22, tzinfo=dt.UTC),
-               "macros": type("Macros", (), {"ds_add": staticmethod(ds_add)}),
+    day = dt.datetime(2026, 11, 21, tzinfo=dt.UTC)
+    run = scheduled_run(day, day, day + dt.timedelta(days=1))
+    context = {"params": {"job_date": D.isoformat()}, "dag_run": run, "run_id": run.run_id,
                "var": {"value": Accessor(False), "json": Accessor(True)}}
     rendered = {}
     for dag_id in ("taar_daily", "taar_weekly"):
@@ -208,7 +225,7 @@ def _render_local_commands(monkeypatch, variables):
                 rendered[(dag_id, task.task_id)] = env.from_string(task.bash_command).render(**context)
             elif getattr(task, "op_kwargs", None) and task.task_id.startswith("wait_"):
                 rendered[(dag_id, task.task_id)] = {k: env.from_string(v).render(**context)
-                                                    for k, v in task.op_kwargs.items()}
+                                                    for k, v in task.op_kwargs.items() if isinstance(v, str)}
     return rendered
 
 
@@ -219,7 +236,10 @@ def test_local_variables_reach_every_local_command(tmp_path, monkeypatch):
     variables = local_variables(layout, "http://127.0.0.1:9999", seed=7, extra_args=extra)
     rendered = _render_local_commands(monkeypatch, variables)
     commands = {key: value for key, value in rendered.items() if isinstance(value, str)}
-    assert len(commands) == 13  # 8 daily jobs + 5 weekly jobs (4 profile steps, ensemble)
+    from tests.fixtures.dags import DAGS
+
+    item_item = (DAGS.parent / "jobs" / "taar_item_item.py").is_file()  # HOOK(ease15): local item_item
+    assert len(commands) == 13 + item_item  # 8 daily jobs (+ item_item) + 5 weekly jobs (4 profile steps, ensemble)
     for (_, task_id), command in commands.items():
         assert "./var/" not in command, (task_id, command)  # no default left: every path is a Variable
         assert f"--date {D.isoformat()}" in command and "--seed 7" in command

@@ -1,9 +1,10 @@
-"""Smoke-test each image's install and entrypoint commands in a fresh virtual environment.
+"""Smoke-test each image's build and entrypoint commands in a fresh virtual environment.
 
-Docker cannot build here, so this does what the Dockerfile does, from the
-Dockerfile's own text: a fresh venv, ``pip install -c constraints.txt '.[extra]'``,
-version.json written by the Dockerfile's command, then the image's CMD /
-ENTRYPOINT run as a process.
+Docker cannot build here, so this replays the Dockerfile (tests/fixtures/release.py): its
+COPY instructions against the build context (.dockerignore applied) into a build
+directory, its ``pip install`` commands run there with a fresh venv's pip, its
+version.json command, then the image's CMD / ENTRYPOINT run as a process (the ETL
+image's ``tini --`` prefix left out: tini is a system package, not ours).
 """
 
 import json
@@ -16,18 +17,31 @@ import urllib.request
 
 import pytest
 
-from tests.fixtures.release import ROOT, instruction, version_json_command
+from tests.fixtures.release import instruction, replay_build, version_json_command
 
 pytestmark = pytest.mark.integration
 
 
-def _fresh_venv(path, extra):
-    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
-    pip = path / "bin" / "pip"
-    # the project's own build: a wheel of this checkout, as `pip install .` does in the image
-    subprocess.run([str(pip), "install", "--quiet", "--disable-pip-version-check", "-c", "constraints.txt",
-                    f".[{extra}]"], cwd=ROOT, check=True)
-    return path / "bin"
+def _build(work, dockerfile):
+    """A fresh venv with what the image installs, built by replaying ``dockerfile`` in ``work/app``."""
+    venv = work / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = f"{venv / 'bin'}:{env['PATH']}"
+    app = work / "app"
+    app.mkdir()
+
+    def run(command, cwd):
+        subprocess.run(["bash", "-c", command.replace("pip install", "pip install --quiet", 1)], cwd=cwd, env=env,
+                       check=True)
+
+    replay_build(dockerfile, app, run)
+    return venv / "bin"
+
+
+def _importable(bindir, module, cwd):
+    return subprocess.run([str(bindir / "python"), "-c", f"import {module}"], cwd=cwd, capture_output=True,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}).returncode == 0
 
 
 def _free_port():
@@ -43,7 +57,7 @@ def _get(url):
 
 def test_web_image_commands_serve_heartbeat_and_version(tmp_path_factory):
     work = tmp_path_factory.mktemp("web-image")
-    bindir = _fresh_venv(work / "venv", "web")
+    bindir = _build(work, "Dockerfile.web")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TAAR_", "PYTHONPATH"))}
     env.update({"SOURCE": "https://example.invalid/taar", "VERSION": "v9.9.9", "COMMIT": "deadbeef",
                 "BUILD": "local-test"})
@@ -74,15 +88,18 @@ def test_web_image_commands_serve_heartbeat_and_version(tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    # the web image does not carry the ETL's heavy dependencies
-    check = subprocess.run([str(bindir / "python"), "-c", "import pyarrow"], capture_output=True)
-    assert check.returncode != 0
+    # the web image carries taar + taar_web only: not the ETL code, its dependencies or the development tools
+    assert _importable(bindir, "taar_web.app", work) and _importable(bindir, "taar.recommenders", work)
+    for module in ("taar_etl", "pyarrow", "taar_dev", "pytest"):
+        assert not _importable(bindir, module, work), module
 
 
 def test_etl_image_entrypoint_lists_jobs_and_prints_help(tmp_path_factory):
     work = tmp_path_factory.mktemp("etl-image")
-    bindir = _fresh_venv(work / "venv", "etl")
-    entry = [str(bindir / "python"), *instruction("Dockerfile.etl", "ENTRYPOINT")[1:]]
+    bindir = _build(work, "Dockerfile.etl")
+    entrypoint = instruction("Dockerfile.etl", "ENTRYPOINT")
+    assert entrypoint[:3] == ["tini", "--", "python"]
+    entry = [str(bindir / "python"), *entrypoint[3:]]
     listing = subprocess.run([*entry, *instruction("Dockerfile.etl", "CMD")], cwd=work, capture_output=True,
                              text=True, timeout=120)
     assert listing.returncode == 0, listing.stderr
@@ -93,5 +110,6 @@ def test_etl_image_entrypoint_lists_jobs_and_prints_help(tmp_path_factory):
                               text=True, timeout=120)
     assert helptext.returncode == 0, helptext.stderr
     assert "--amo-url" in helptext.stdout and "--date" in helptext.stdout
-    check = subprocess.run([str(bindir / "python"), "-c", "import pyspark"], capture_output=True)
-    assert check.returncode != 0  # no Spark (and no Java) in the ETL image
+    # no Spark (and no Java), no web service, no development or test tools in the ETL image
+    for module in ("pyspark", "taar_web", "taar_dev", "pytest", "flask"):
+        assert not _importable(bindir, module, work), module

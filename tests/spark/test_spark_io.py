@@ -136,12 +136,12 @@ def test_bq_table_overrides_and_their_usage_errors():
     from taar_etl.spark.io import BQ_TABLES, add_source_arguments, bq_tables_from
 
     parser = add_source_arguments(argparse.ArgumentParser())
-    options = parser.parse_args(["--bq-table", "clients_daily=p.d.cd", "--bq-materialization-dataset", "tmp"])
+    options = parser.parse_args(["--bq-tables", '{"clients_daily": "p.d.cd"}', "--bq-materialization-dataset", "tmp"])
     assert bq_tables_from(options) == BQ_TABLES | {"clients_daily": "p.d.cd"}
     assert options.bq_materialization_dataset == "tmp"
-    for bad in ("clients_daily", "nope=p.d.t", "clients_daily="):
-        with pytest.raises(UsageError, match="--bq-table"):
-            bq_tables_from(parser.parse_args(["--bq-table", bad]))
+    for bad in ("clients_daily", '{"nope": "p.d.t"}', '{"clients_daily": "p.d"}', '["clients_daily"]'):
+        with pytest.raises(UsageError, match="--bq-tables"):
+            bq_tables_from(parser.parse_args(["--bq-tables", bad]))
 
 
 def test_metrics_sidecar_document():
