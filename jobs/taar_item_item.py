@@ -156,8 +156,9 @@ def run(options, fit=None) -> None:
     publish(store, "item_item", model, options.date, producer_tag(JOB), options.force_latest)
     outputs = {"items": len(guids), "neighbour_weights": int(outcome.neighbours.nnz),
                "selected_lambda": outcome.lam, "lambda_results": outcome.selection}
-    publish_job_metrics(store, JOB, METRICS_PREFIX, options, PARAMETERS,
-                        {"inputs": outcome.counts, "outputs": outputs}, outcome.test_metrics)
+    publish_job_metrics(store, JOB, METRICS_PREFIX, options.date, options.seed,
+                        {name: getattr(options, name) for name in PARAMETERS}, outcome.counts, outputs,
+                        outcome.test_metrics, options.force_latest)
 
 
 def train_and_evaluate(indexed, n_items: int, lambdas, options, fit) -> Outcome:
