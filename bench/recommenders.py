@@ -3,7 +3,8 @@
 Run: ``python -m bench.recommenders [--guids 5000] [--degree 50]``. Prints one JSON
 object and writes it to ``var/bench/recommenders.json``. Models are random but
 shaped like production ones: 200 whitelist items with 32 ALS factors, 1000
-donors, a 1000-point LR curve, 100 locales x 10, and a TAARlite graph of
+donors, a 1000-point LR curve, 100 locales x 10, an EASE item-item model over
+the 200 whitelist items (50 neighbours each), and a TAARlite graph of
 ``--guids`` add-ons with about ``--degree`` co-installed neighbours each.
 """
 
@@ -53,9 +54,18 @@ def synthetic_models(n_guids: int, degree: int, seed: int = 42, n_items: int = 2
                 coinstall.setdefault(guids[a], {})[guids[b]] = c
                 coinstall.setdefault(guids[b], {})[guids[a]] = c
     ranking = {g: int(p * 1000) for g, p in zip(guids, popularity, strict=True)}
+    # EASE item-item over the whitelist: the job's default top_k of 50 neighbours per item
+    neighbours = []
+    for i in range(len(whitelist)):
+        columns = sorted(rng.choice([j for j in range(len(whitelist)) if j != i], size=50, replace=False).tolist())
+        neighbours.append([[j, float(w) or 1e-6] for j, w in zip(columns, rng.normal(0, 0.05, 50).round(6),
+                                                                strict=True)])
+    item_item = {"guids": whitelist, "neighbours": neighbours, "lambda": 100.0, "top_k": 50}
     raw = {"whitelist": whitelist, "item_matrix": item_matrix, "addon_mapping": mapping, "locale": locale,
            "donors": donors, "lr_curves": lr_curves, "coinstall": coinstall, "ranking": ranking,
-           "ensemble_weights": {"ensemble_weights": {"collaborative": 1.0, "similarity": 0.6, "locale": 0.2}}}
+           "item_item": item_item,
+           "ensemble_weights": {"ensemble_weights": {"collaborative": 1.0, "similarity": 0.6, "locale": 0.2,
+                                                     "item_item": 0.4}}}
     return {k: artifacts.normalise(k, v) for k, v in raw.items()}
 
 

@@ -8,7 +8,8 @@ in-process cProfile summary of the per-user route) and writes every figure to
 What it does, all on 127.0.0.1:
 
 1. Models: synthetic ones at production-like sizes (``bench.recommenders.synthetic_models``:
-   200 whitelist GUIDs, 5 000 x 32 item factors, 1 000 donors x 1 000 LR points, a
+   200 whitelist GUIDs, 5 000 x 32 item factors, 1 000 donors x 1 000 LR points, an EASE
+   item-item model over the whitelist (50 neighbours each, the fourth ensemble member), a
    TAARlite co-install graph over 5 000 GUIDs with ~50 neighbours each), published with
    ``taar.publishing`` into ``var/bench/serve/models`` (``--models DIR`` serves an
    existing store instead, e.g. ``./var/models``). Profiles: ``--profiles`` (20 000)
@@ -81,7 +82,7 @@ def publish_models(store_dir: Path, date: dt.date, seed: int = 42, perturb: int 
     producer = "bench/serve"
     publish_group(store, {k: models[k] for k in ("item_matrix", "addon_mapping")}, date, producer)
     publish_group(store, {k: models[k] for k in ("donors", "lr_curves")}, date, producer)
-    for key in ("whitelist", "locale", "coinstall", "ranking", "ensemble_weights"):
+    for key in ("whitelist", "locale", "item_item", "coinstall", "ranking", "ensemble_weights"):
         publish(store, key, models[key], date, producer)
 
 

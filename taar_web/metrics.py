@@ -39,8 +39,36 @@ class Metrics(MetricsInterface):
     def _publish(self, record):
         if record.stat_type == "timing" and self.on_timing is not None:
             self.on_timing(record.key[len(self.prefix) + 1:], record.value)
-        for backend in self.backends:
+        backends = self.backends
+        if len(backends) == 1:  # nobody else sees this record: no defensive copy
+            backends[0].emit_to_backend(record)
+            return
+        for backend in backends:
             backend.emit_to_backend(record.__copy__())
+
+    def timer(self, stat, tags=None):
+        """markus' ``timer`` (milliseconds, nothing recorded when the block raises), as a plain object.
+
+        A request runs seven timers; a slotted context manager costs about a third
+        of markus' generator-based one.
+        """
+        return _Timer(self, stat, tags)
+
+
+class _Timer:
+    __slots__ = ("metrics", "stat", "tags", "started")
+
+    def __init__(self, metrics, stat, tags):
+        self.metrics, self.stat, self.tags = metrics, stat, tags
+
+    def __enter__(self):
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.metrics.timing(self.stat, value=(time.perf_counter() - self.started) * 1000.0, tags=self.tags)
+        return False
 
 
 _batch: contextvars.ContextVar[list | None] = contextvars.ContextVar("taar_metrics_batch", default=None)

@@ -82,6 +82,8 @@ class CollaborativeRecommender(Recommender):
                              if g and self.row_of_.get(item_id(g)) == j}
         self.eligible_ = np.array(eligible, dtype=bool)
         self.guid_rank_ = guid_ranks(self.guids_)
+        self.eligible_rows_ = np.flatnonzero(self.eligible_)
+        self.eligible_rank_ = self.guid_rank_[self.eligible_rows_]
         if self.loaded_ and not np.isfinite(self.factors_).all():
             raise ArtifactError("item_matrix", "contains non-finite features")
         return self
@@ -115,6 +117,23 @@ class CollaborativeRecommender(Recommender):
         limit = check_limit(limit)
         if not self.can_recommend(profile, extra):
             return _NO_ROWS
+        s, installed = self.scores(profile)
+        if installed.size == 0:
+            return _NO_ROWS
+        # The best limit + len(installed) eligible rows, then the installed ones dropped: the same
+        # rows as ranking eligible-minus-installed (eligible GUIDs are distinct, so the order is
+        # total), without copying and gathering every row per request.
+        everything = self.eligible_rows_.shape[0] == s.shape[0]
+        top = top_indices(s if everything else s[self.eligible_rows_], self.eligible_rank_,
+                          limit + installed.shape[0])
+        rows = top if everything else self.eligible_rows_[top]
+        is_installed = np.zeros(s.shape[0], dtype=bool)
+        is_installed[installed] = True
+        best = rows[~is_installed[rows]][:limit]
+        return best, s[best]
+
+    def reference_rows(self, profile: Mapping, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """Readable form of :meth:`recommend_rows`: rank every eligible, not installed row."""
         s, installed = self.scores(profile)
         if installed.size == 0:
             return _NO_ROWS

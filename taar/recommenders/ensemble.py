@@ -148,37 +148,65 @@ class EnsembleRecommender(Recommender):
             answered (``(name, W_r, {guid: score})`` on the dictionary path).
         """
         limit = check_limit(limit)
+        ranked = self.ranked(profile, limit, extra, metrics)
+        if ranked is None:
+            installed = profile.get("installed_addons") or ()
+            return self._combine_dict(profile, limit, extra, metrics, installed, limit + len(installed))
+        best, values, answers = ranked
+        results = list(zip(map(self.guids_.__getitem__, best.tolist()), values.tolist(), strict=True))
+        return results, answers
+
+    def ranked(self, profile: Mapping, limit: int, extra: Mapping | None = None, metrics=None):
+        """:meth:`combine` on the dense path as arrays, or None when the dictionary path applies.
+
+        Returns
+        -------
+        best : ndarray of int
+            Candidate indices (into ``guids_``) of the ``limit`` best totals, score
+            descending, ties GUID ascending (an index is the GUID rank).
+        values : ndarray of float
+            Their totals, all finite.
+        answers : list of tuple
+            As :meth:`combine` (dense form).
+
+        The service's manager samples from these arrays directly, so a request
+        never builds a ``(guid, weight)`` pair for the hundreds of pool entries it
+        does not return.
+        """
+        if not self.dense_:
+            return None
+        limit = check_limit(limit)
         installed = profile.get("installed_addons") or ()
         wanted = limit + len(installed)
-        if not self.dense_:
-            return self._combine_dict(profile, limit, extra, metrics, installed, wanted)
         with timer(metrics, "ensemble_recommend"):
-            totals = np.zeros(len(self.guids_))
-            touched = np.zeros(len(self.guids_), dtype=bool)
+            n = len(self.guids_)
+            totals = np.zeros(n)
+            touched = np.zeros(n, dtype=bool)
             answers = []
             for name, rec in self.members_:
                 answer = self._ask(name, rec, profile, wanted, extra, metrics, dense=True)
                 if answer is None:
                     continue
                 rows, scores = answer
+                if rows.shape[0] == 0:
+                    continue
                 index = self.rows_to_index_[name][rows]
                 weight = self.weights_[name]
                 # a member's rows are distinct, so this is one addition per GUID, in member order
                 totals[index] += scores * weight
                 touched[index] = True
                 answers.append((name, weight, index, scores))
+            index_of = self.index_of_
             for guid in installed:
-                i = self.index_of_.get(guid)
+                i = index_of.get(guid)
                 if i is not None:
                     touched[i] = False
             candidates = np.flatnonzero(touched)
             values = totals[candidates]
             if not np.isfinite(values).all():  # overflowed scores: the exact dictionary semantics
-                return self._combine_dict(profile, limit, extra, metrics, installed, wanted)
-            best = candidates[top_indices(values, candidates, limit)]
-            guids = self.guids_
-            results = list(zip(map(guids.__getitem__, best.tolist()), totals[best].tolist(), strict=True))
-        return results, answers
+                return None
+            order = top_indices(values, candidates, limit)
+        return candidates[order], values[order], answers
 
     def _combine_dict(self, profile, limit, extra, metrics, installed, wanted):
         """SPEC §5.5 with a per-GUID dictionary (members without the dense interface)."""

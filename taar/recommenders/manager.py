@@ -23,7 +23,7 @@ import numpy as np
 from taar.hashing import is_test_id
 
 from .base import check_limit, incr, sort_pairs, timer
-from .randomizer import weighted_sample
+from .randomizer import sample_positions, weighted_sample
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +115,22 @@ class RecommendationManager:
             return weighted_sample(candidates, limit, rng)
         return sort_pairs(candidates)[:limit]
 
+    def select_ranked(self, guids, index: np.ndarray, weights: np.ndarray, limit: int,
+                      rng: np.random.Generator) -> list[tuple[str, float]]:
+        """:meth:`select` over a ranked pool given as arrays (the ensemble's dense path).
+
+        ``index`` and ``weights`` are ordered weight descending, ties GUID ascending,
+        with finite weights; ``guids[index[i]]`` is entry i's GUID. The answer equals
+        ``select([(guids[i], w) for i, w in zip(index, weights)], limit, rng)``: the
+        same uniforms go to the same positions, and only the chosen pairs are built.
+        """
+        if self.randomize:
+            chosen = sample_positions(weights, limit, rng).tolist()
+        else:
+            chosen = range(min(limit, weights.shape[0]))  # the pool is already in result order
+        index_list, weight_list = index.tolist(), weights.tolist()
+        return sort_pairs([(guids[index_list[i]], weight_list[i]) for i in chosen])
+
     def recommend(self, client_id: str, limit: int, extra: Mapping | None = None, seed: int | None = None,
                   metrics=None) -> Recommendation:
         """Recommend up to ``limit`` add-ons for ``client_id``.
@@ -142,10 +158,16 @@ class RecommendationManager:
             profile = self._fetcher().get(client_id)
             if profile is None:
                 return Recommendation([], {}, seed, False, True)
-            pool, answers = self.engine.ensemble.combine(profile, self.pool_size(limit), extra, metrics)
-            pool = [(g, w) for g, w in pool if math.isfinite(w)]
-            results = self.select(pool, limit, rng)
-            sources = self.engine.ensemble.contributions(answers, [g for g, _ in results])
+            ensemble = self.engine.ensemble
+            ranked = ensemble.ranked(profile, self.pool_size(limit), extra, metrics)
+            if ranked is None:  # the dictionary combine: may hold non-finite totals
+                pool, answers = ensemble.combine(profile, self.pool_size(limit), extra, metrics)
+                pool = [(g, w) for g, w in pool if math.isfinite(w)]
+                results = self.select(pool, limit, rng)
+            else:
+                index, weights, answers = ranked
+                results = self.select_ranked(ensemble.guids_, index, weights, limit, rng)
+            sources = ensemble.contributions(answers, [g for g, _ in results])
         # DEBUG: the service puts the GUIDs and seed on its one request.summary line instead
         logger.debug("Client recommendations results", extra={
             "client_id": client_id, "guids": [g for g, _ in results], "seed": seed,

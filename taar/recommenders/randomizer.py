@@ -54,13 +54,31 @@ def weighted_sample(candidates: Sequence[tuple[str, float]], size: int,
     weights = np.fromiter((w for _, w in candidates), dtype=np.float64, count=n)
     if not np.isfinite(weights).all():
         raise ValueError("candidates must have finite weights")
+    return sort_pairs(candidates[i] for i in sample_positions(weights, size, rng).tolist())
+
+
+def sample_positions(weights: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """The positions :func:`weighted_sample` chooses for these (finite) weights, best key first.
+
+    Parameters
+    ----------
+    weights : ndarray of float, shape (n,)
+        Finite candidate weights; uniform ``i`` goes to position ``i``.
+    size : int
+        How many to choose; ``min(size, n)`` are returned.
+    rng : numpy.random.Generator
+        Source of the ``n`` uniforms (one ``rng.random(n)`` call, none when nothing is chosen).
+    """
+    n = weights.shape[0]
+    size = min(int(size), n)
+    if size <= 0:
+        return np.empty(0, dtype=np.int64)
     p = selection_probabilities(weights)
     u = rng.random(n)
     with np.errstate(divide="ignore"):
         keys = np.log(u) / p  # u == 0 gives -inf: never preferred over a real key
     # the `size` largest keys; equal keys (practically impossible) resolve by position
-    chosen = np.lexsort((np.arange(n), -keys))[:size]
-    return sort_pairs(candidates[i] for i in chosen.tolist())
+    return np.lexsort((np.arange(n), -keys))[:size]
 
 
 def reference_weighted_sample(candidates, size, rng) -> list[tuple[str, float]]:

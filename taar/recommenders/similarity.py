@@ -41,6 +41,7 @@ WEAK_LR_WARNING = 0.1
 #: ...but at most once per interval per process, so a weak model cannot flood the log.
 WEAK_LR_WARNING_INTERVAL_S = 60.0
 _last_weak_warning = [-math.inf]  # module state, never part of a pickled recommender
+_ONES = np.ones(len(FEATURES))
 
 
 def similarity_distances(XD, CD, x_c, c_c) -> np.ndarray:
@@ -86,6 +87,63 @@ def nearest_points(xs: np.ndarray, dist: np.ndarray) -> np.ndarray:
     lo = np.maximum(j - 1, 0)
     hi = np.minimum(j, last)
     return np.where(np.abs(xs[hi] - dist) < np.abs(xs[lo] - dist), hi, lo)
+
+
+#: A bucketed lookup is used when no bucket holds more curve points than this (else binary search).
+MAX_BUCKET_POINTS = 4
+
+
+class PointLookup:
+    """:func:`nearest_points` for one curve, from a bucket table instead of a binary search.
+
+    The range ``[xs[0], xs[-1]]`` is cut into ``2 × len(xs)`` equal buckets. A point
+    and a distance fall in bucket ``floor((v - xs[0]) × scale)``, a monotone function
+    in floating point, so every point of a lower bucket is below the distance and
+    every point of a higher bucket above it: the insertion index is ``start[b]`` plus
+    the points of the distance's own bucket that are below it (at most
+    ``max_points`` comparisons, vectorised). LR curves are evenly spaced (the
+    similarity job's ``linspace``), so a bucket holds at most one point; a curve
+    with clustered points (or fewer than two, or a non-finite span) gets
+    ``usable = False`` and the caller uses :func:`nearest_points`. The answer is
+    identical to :func:`nearest_points`; a binary search over unsorted distances
+    mispredicts a branch at almost every step, this does not.
+    """
+
+    def __init__(self, xs: np.ndarray):
+        self.xs = xs
+        n = xs.shape[0]
+        span = float(xs[-1] - xs[0]) if n else 0.0
+        self.usable = n >= 2 and math.isfinite(span) and span > 0
+        if not self.usable:
+            return
+        self.origin = float(xs[0])
+        self.scale = 2 * n / span
+        buckets = np.floor((xs - self.origin) * self.scale).astype(np.int64)
+        self.n_buckets = int(buckets[-1]) + 2  # the last is empty: every point is below its distances
+        # start[b] = number of points in buckets < b
+        self.start = np.searchsorted(buckets, np.arange(self.n_buckets + 1), side="left")
+        self.max_points = int(np.diff(self.start).max())
+        self.usable = self.max_points <= MAX_BUCKET_POINTS
+
+    def nearest(self, dist: np.ndarray) -> np.ndarray:
+        """Same as ``nearest_points(xs, dist)``."""
+        xs = self.xs
+        if not self.usable or not np.isfinite(dist).all():
+            return nearest_points(xs, dist)
+        last = xs.shape[0] - 1
+        b = (dist - self.origin) * self.scale
+        np.clip(b, -1.0, self.n_buckets - 1, out=b)
+        b = b.astype(np.int64)  # truncation: (-1, 0) lands in bucket 0, whose points are all above
+        np.maximum(b, 0, out=b)
+        j = self.start[b]
+        end = self.start[b + 1]
+        for _ in range(self.max_points):  # count the bucket's points below each distance
+            below = j < end
+            below &= xs[np.minimum(j, last)] < dist
+            j += below
+        lo = np.maximum(j - 1, 0)
+        hi = np.minimum(j, last)
+        return np.where(np.abs(xs[hi] - dist) < np.abs(xs[lo] - dist), hi, lo)
 
 
 def _number(value) -> float:
@@ -155,6 +213,9 @@ class SimilarityRecommender(Recommender):
         self.point_votes_ = np.where(self.point_log_lr_ > 0, self.point_log_lr_, 0.0)
         # -inf for skipped points so that max() over donors ignores them
         self.point_log_lr_or_ninf_ = np.where(ok, self.point_log_lr_, -np.inf)
+        # request-time helpers: |XD| for the canberra denominators, the curve's bucket table
+        self.donor_x_abs_ = np.abs(self.donor_x_)
+        self.point_lookup_ = PointLookup(self.xs_)
         return self
 
     def can_recommend(self, profile: Mapping, extra: Mapping | None = None) -> bool:
@@ -170,8 +231,22 @@ class SimilarityRecommender(Recommender):
     def curve_points(self, profile: Mapping) -> np.ndarray:
         """Index of the LR curve point each donor's distance to the client lands on."""
         x_c, c_c = self.encode(profile)
-        dist = similarity_distances(self.donor_x_, self.donor_c_, x_c, c_c)
-        return nearest_points(self.xs_, dist)
+        return self.point_lookup_.nearest(self.distances(x_c, c_c))
+
+    def distances(self, x_c: np.ndarray, c_c: np.ndarray) -> np.ndarray:
+        """``similarity_distances(donor_x_, donor_c_, x_c, c_c)`` for one client, with fewer temporaries.
+
+        Same float operations: a zero denominator means both values are 0, so the
+        numerator is 0 too and dividing it by 1 gives the 0 the definition asks for.
+        """
+        terms = self.donor_x_ - x_c
+        np.abs(terms, out=terms)
+        den = self.donor_x_abs_ + np.abs(x_c)
+        den[den == 0] = 1.0
+        terms /= den
+        canberra = terms @ _ONES[: terms.shape[1]]
+        hamming = ((self.donor_c_ != c_c) @ _ONES[: len(CATEGORICAL)]) / len(CATEGORICAL)
+        return (canberra + CANBERRA_OFFSET) * hamming
 
     def scores(self, profile: Mapping) -> np.ndarray:
         """Score of every GUID in ``guids_``: ``Aᵀ · (ℓ ⊙ [ℓ > 0])``."""

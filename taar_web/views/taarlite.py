@@ -8,6 +8,7 @@ flag, and a matching ``If-None-Match`` is answered 304 without computing anythin
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 
@@ -20,9 +21,14 @@ logger = logging.getLogger(__name__)
 bp = flask.Blueprint("taarlite", __name__)
 
 
+@functools.lru_cache(maxsize=256)
 def taarlite_etag(coinstall_sha: str | None, ranking_sha: str | None, mode: str, limit: int,
                   explain: bool) -> str | None:
-    """The strong ETag of a TAARlite answer, or None when the TAARlite models are not loaded."""
+    """The strong ETag of a TAARlite answer, or None when the TAARlite models are not loaded.
+
+    Memoised: the arguments take a handful of values per loaded model set (five
+    modes x explain), so a request looks its ETag up instead of hashing.
+    """
     if not coinstall_sha or not ranking_sha:
         return None
     seed = f"{coinstall_sha}:{ranking_sha}:{mode}:{limit}:{int(explain)}"

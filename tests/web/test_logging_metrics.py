@@ -209,3 +209,26 @@ def test_statsd_metrics_of_a_request_leave_in_one_packet():
         assert receiver.recv(4096).decode() == "taar.outside:1|c"
     finally:
         receiver.close()
+
+
+def test_timer_records_milliseconds_and_nothing_when_the_block_raises():
+    import time
+
+    backend, seen = RecordingBackend(), []
+    metrics = Metrics([backend], on_timing=lambda name, ms: seen.append((name, ms)))
+    with metrics.timer("profile_fetch", tags=["route:x"]):
+        time.sleep(0.002)
+    with pytest.raises(KeyError), metrics.timer("ensemble_recommend"):
+        raise KeyError("boom")  # markus' timer records nothing for a failed block; neither does ours
+    assert [(r.stat_type, r.key, r.tags) for r in backend.records] == [
+        ("timing", "taar.profile_fetch", ["route:x"])]
+    assert backend.records[0].value >= 2.0  # slept 2 ms: the value is in milliseconds
+    assert [name for name, _ in seen] == ["profile_fetch"]
+
+
+def test_every_backend_gets_its_own_record():
+    first, second = RecordingBackend(), RecordingBackend()
+    metrics = Metrics([first, second])
+    metrics.incr("test_client")
+    assert first.records[0] is not second.records[0]
+    assert first.count("taar.test_client") == second.count("taar.test_client") == 1

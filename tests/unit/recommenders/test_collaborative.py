@@ -93,3 +93,24 @@ def test_cannot_recommend_with_a_missing_artifact(missing):
 def test_bad_limit_names_the_argument(rec):
     with pytest.raises(ValueError, match="limit"):
         rec.recommend(toy.profile(), -1)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fast_rows_equal_ranking_every_eligible_row(seed):
+    """recommend_rows (top limit + installed, then drop installed) equals the readable reference."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    guids = [f"g{i:02d}@x" for i in range(30)]
+    rows = [{"id": item_id(g), "features": rng.integers(-2, 3, size=2).astype(float).tolist()} for g in guids]
+    # some rows are not webextensions (never candidates), on some seeds every row is eligible
+    mapping = {str(item_id(g)): {"id": g, "isWebextension": bool(seed % 2 or i % 4)} for i, g in enumerate(guids)}
+    rec = CollaborativeRecommender().fit(item_matrix=rows, addon_mapping=mapping)
+    for _ in range(30):
+        installed = rng.choice(guids + ["unknown@x"], size=int(rng.integers(1, 8)), replace=False).tolist()
+        profile = toy.profile(installed_addons=installed)
+        for limit in (0, 1, 3, 10, 40):
+            best, scores = rec.recommend_rows(profile, limit)
+            ref_best, ref_scores = rec.reference_rows(profile, limit)
+            assert best.tolist() == ref_best.tolist()
+            assert scores.tolist() == ref_scores.tolist()

@@ -28,6 +28,10 @@ class StubEnsemble:
         self.limits.append(limit)
         return self.pairs[:limit], [("collaborative", 1.0, dict(self.pairs))]
 
+    def ranked(self, profile, limit, extra=None, metrics=None):
+        """A dictionary-path ensemble: no dense arrays, the manager uses ``combine``."""
+        return None
+
     contributions = staticmethod(contributions)
 
 
@@ -186,3 +190,61 @@ def test_unpickled_manager_still_answers_test_ids():
     assert copy.recommend("aaa", 1, seed=1).results == [("w1@x", expected_test_weight("w1@x"))]
     with pytest.raises(RuntimeError, match="profile fetcher"):
         copy.recommend(CLIENT, 1)
+
+
+# --------------------------------------------------------------------------- dense (array) selection
+
+
+def random_engine(seed):
+    """A real four-member engine over random models with coarse values (ties across members are common)."""
+    import numpy as np
+
+    from taar.hashing import item_id
+
+    rng = np.random.default_rng(seed)
+    guids = [f"g{i:02d}@x" for i in range(40)]
+    item_matrix = [{"id": item_id(g), "features": rng.integers(-2, 3, size=3).astype(float).tolist()}
+                   for g in guids[:30]]
+    mapping = {str(item_id(g)): {"id": g, "isWebextension": bool(i % 7)} for i, g in enumerate(guids[:30])}
+    donors = [{"geo_city": str(rng.choice(["a", "b"])), "locale": "en-US", "os": "Linux",
+               "subsession_length": float(rng.integers(0, 5)), "bookmark_count": 1.0, "tab_open_count": 1.0,
+               "total_uri": 1.0, "unique_tlds": 1.0,
+               "active_addons": rng.choice(guids[10:], size=4, replace=False).tolist()} for _ in range(30)]
+    whitelist = guids[20:]
+    neighbours = [[[j, float(rng.integers(-2, 3)) or 1.0] for j in sorted(rng.choice(
+        [j for j in range(20) if j != i], size=5, replace=False).tolist())] for i in range(20)]
+    return build_engine({
+        "item_matrix": item_matrix, "addon_mapping": mapping, "donors": donors,
+        "lr_curves": [[0.0, [4.0, 1.0]], [1.0, [2.0, 1.0]], [5.0, [1.0, 2.0]]],
+        "locale": {"en-US": [[g, float(rng.integers(1, 4))] for g in guids[5:25]]},
+        "item_item": {"guids": whitelist, "neighbours": neighbours, "lambda": 1.0, "top_k": 5},
+        "whitelist": whitelist,
+        "ensemble_weights": {"ensemble_weights": {"collaborative": 1.0, "similarity": 0.5, "locale": 0.25,
+                                                  "item_item": 0.5}},
+    })
+
+
+@pytest.mark.parametrize("randomize", [True, False])
+@pytest.mark.parametrize("seed", range(4))
+def test_array_selection_equals_selecting_from_the_pair_list(seed, randomize):
+    """The dense path (ranked arrays, sample_positions) answers exactly as combine + select on pairs."""
+    import numpy as np
+
+    engine = random_engine(seed)
+    assert engine.ensemble.dense_
+    rng = np.random.default_rng(200 + seed)
+    profiles = {hashlib.sha256(str(i).encode()).hexdigest(): toy.profile(
+        installed_addons=rng.choice([f"g{j:02d}@x" for j in range(40)], size=3, replace=False).tolist(),
+        geo_city=str(rng.choice(["a", "b"])), locale="en-US", subsession_length=float(rng.integers(0, 5)))
+        for i in range(15)}
+    m = RecommendationManager(engine, DictFetcher(profiles), randomize=randomize, candidate_pool=12)
+    for client, profile in profiles.items():
+        for limit, request_seed in ((1, 5), (4, 6), (40, 7)):
+            got = m.recommend(client, limit, seed=request_seed)
+            assert not got.is_test and not got.unknown_client
+            # reference: the pair list of combine, non-finite filter, select with the same seeded generator
+            pool, answers = engine.ensemble.combine(profile, 12)
+            pool = [(g, w) for g, w in pool if math.isfinite(w)]
+            expected = m.select(pool, limit, np.random.Generator(np.random.PCG64(request_seed)))
+            assert got.results == expected
+            assert got.sources == engine.ensemble.contributions(answers, [g for g, _ in expected])

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taar.recommenders import weighted_sample
-from taar.recommenders.randomizer import reference_weighted_sample, selection_probabilities
+from taar.recommenders.randomizer import reference_weighted_sample, sample_positions, selection_probabilities
 
 pytestmark = pytest.mark.unit
 
@@ -69,3 +69,11 @@ def test_matches_the_reference_loop(weights, size, seed):
     got = weighted_sample(candidates, size, np.random.Generator(np.random.PCG64(seed)))
     expected = reference_weighted_sample(candidates, size, np.random.Generator(np.random.PCG64(seed)))
     assert got == expected
+
+
+def test_sample_positions_are_the_chosen_candidates_best_key_first():
+    # weights 2, 3, 4: shifted 0+eps, 1+eps, 2+eps -> p ~ (0, 1/3, 2/3); keys ln(u)/p with u = .5, .5, .25:
+    # b: ln(.5)*3 = -2.08, c: ln(.25)*1.5 = -2.08 (equal: the earlier position wins), a: -huge
+    positions = sample_positions(np.array([2.0, 3.0, 4.0]), 2, FixedUniforms([0.5, 0.5, 0.25]))
+    assert positions.tolist() == [1, 2]
+    assert sample_positions(np.array([1.0]), 0, FixedUniforms([])).tolist() == []

@@ -194,3 +194,49 @@ def test_vectorised_path_matches_the_reference(donors, curves, p):
     expected = reference_scores(donors, curves, p)
     assert dict(got) == pytest.approx(expected, rel=1e-9)
     assert got == sorted(got, key=lambda t: (-t[1], t[0]))
+
+
+# --------------------------------------------------------------------------- request-time fast paths
+
+
+@pytest.mark.parametrize("xs", [
+    np.linspace(0.0, 5.0, 1000),                       # the job's evenly spaced curve
+    np.linspace(-2.0, 3.0, 7),
+    np.array([0.0, 1.0]),
+    np.array([0.0, 0.1, 0.2, 0.25, 0.3, 4.0]),        # uneven but few per bucket
+    np.r_[np.linspace(0.0, 1e-6, 50), 1.0],            # clustered: falls back to binary search
+    np.array([2.5]),                                   # one point: binary search
+])
+def test_bucketed_nearest_points_equal_the_binary_search(xs):
+    from taar.recommenders.similarity import PointLookup
+
+    rng = np.random.default_rng(len(xs))
+    lookup = PointLookup(xs)
+    lo, hi = float(xs[0]), float(xs[-1])
+    mids = (xs[1:] + xs[:-1]) / 2  # exact ties go to the lower index
+    dist = np.concatenate([rng.uniform(lo - 1, hi + 1, 3000), xs, mids, np.nextafter(xs, np.inf),
+                           np.nextafter(xs, -np.inf), [lo - 1e9, hi + 1e9, 0.0, -0.0]])
+    assert lookup.nearest(dist).tolist() == nearest_points(xs, dist).tolist()
+    assert lookup.nearest(np.array([np.nan, 1.0])).tolist() == nearest_points(xs, np.array([np.nan, 1.0])).tolist()
+
+
+def test_clustered_curves_do_not_use_buckets():
+    from taar.recommenders.similarity import PointLookup
+
+    assert PointLookup(np.linspace(0.0, 5.0, 1000)).usable
+    assert not PointLookup(np.r_[np.linspace(0.0, 1e-6, 50), 1.0]).usable
+    assert not PointLookup(np.array([1.0])).usable
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_client_distances_equal_the_shared_distance_function(seed):
+    rng = np.random.default_rng(seed)
+    donors = [toy._donor(str(rng.choice(["a", "b", ""])), str(rng.choice(["en-US", "de"])), "Linux",
+                         rng.choice([0.0, -0.0, 1.0, 3.5, 1e6], size=5).tolist(), ["x@y"]) for _ in range(40)]
+    rec = SimilarityRecommender().fit(donors=donors, lr_curves=toy.LR_CURVES)
+    client = toy.profile(geo_city=str(rng.choice(["a", "c"])), locale="de",
+                         subsession_length=float(rng.choice([0.0, 2.0, 1e6])), bookmark_count=0.0)
+    x_c, c_c = rec.encode(client)
+    expected = similarity_distances(rec.donor_x_, rec.donor_c_, x_c, c_c)
+    assert rec.distances(x_c, c_c).tolist() == expected.tolist()
