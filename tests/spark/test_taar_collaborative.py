@@ -123,7 +123,7 @@ def test_index_interactions_numbers_clients_and_items_densely(daily):
 
 # --------------------------------------------------------------------------- whole runs on synthetic data
 
-SMALL = ["--grid", "none", "--rank", "8", "--max-iter", "5", "--checkpoint-interval", "2"]
+SMALL = ["--grid", "none", "--rank", "8", "--max-iter", "5"]
 
 
 def publish_inputs(store_dir, amo_dir, date, whitelist=None):
@@ -215,12 +215,15 @@ def test_spark_model_is_archived_in_the_etl_store(first_run, synthetic_small):
     assert metadata["class"] == "org.apache.spark.ml.recommendation.ALSModel" and metadata["rank"] == 8
 
 
-def test_rerun_with_other_partitioning_gives_byte_identical_artifacts(first_run, synthetic_small, inputs,
-                                                                      tmp_path):
+def test_rerun_with_one_partition_gives_byte_identical_artifacts_at_4_blocks(first_run, synthetic_small, inputs,
+                                                                              tmp_path):
+    # first_run: the session's 4 shuffle partitions and the default --num-blocks 4; here every shuffle of
+    # the job (and so the ALS input) has a single partition, at the same 4 blocks
     _, first_models, _ = first_run
+    assert job.build_parser().parse_args(["--date", "2026-01-01"]).num_blocks == 4
     models = tmp_path / "models"
     shutil.copytree(inputs, models)
-    assert run_main(synthetic_small, models, tmp_path / "etl", "--shuffle-partitions", "3",
+    assert run_main(synthetic_small, models, tmp_path / "etl", "--shuffle-partitions", "1",
                     "--no-archive-model") == 0
     for key in ("item_matrix", "addon_mapping", "metrics"):
         assert dated_bytes(models, key, synthetic_small.end_date) == \
@@ -298,7 +301,8 @@ def test_colliding_item_ids_fail_with_exit_3_on_request(synthetic_small, tmp_pat
 
 
 @pytest.mark.parametrize("flag,value", [("--grid", "rank=x"), ("--eval-k", "0"), ("--sample-id-max", "101"),
-                                        ("--checkpoint-interval", "0"), ("--on-collision", "keep")])
+                                        ("--num-blocks", "0"), ("--search-users", "0"),
+                                        ("--on-collision", "keep")])
 def test_bad_flags_exit_2(synthetic_small, tmp_path, flag, value):
     try:
         code = run_main(synthetic_small, tmp_path / "models", tmp_path / "etl", flag, value)
