@@ -258,34 +258,30 @@ def set_block(rows) -> SetBlock:
     return SetBlock(ptr, items, weight)
 
 
-#: Interactions per chunk of the batched set solve: bounds the (nnz, rank, rank) outer products.
-CHUNK_NNZ = 4096
+#: Sets per batched solve: bounds the (sets, rank, rank) normal equations held at once.
+CHUNK_SETS = 1024
 
 
 def solve_sets(block: SetBlock, item_factors: np.ndarray, gram: np.ndarray, params: AlsParams) -> np.ndarray:
-    """The factor of every set of ``block`` given the item factors (one batched solve per chunk).
+    """The factor of every set of ``block`` given the item factors (batched by set size).
 
     For a set ``S`` of ``n`` items with confidence ``c = 1 + alpha`` and preference 1:
     ``(YᵀY + alpha·Σ_{i∈S} y_i y_iᵀ + reg·n·I) x = c·Σ_{i∈S} y_i``, where ``gram = YᵀY``.
+    Sets of one size are stacked into ``(sets, n, rank)`` and solved together; each
+    set's arithmetic is the same whichever sets share its batch.
     """
     rank = item_factors.shape[1]
     out = np.zeros((block.n_sets, rank), dtype=np.float64)
+    sizes = np.diff(block.ptr)
     eye = np.eye(rank)
-    first = 0
-    while first < block.n_sets:
-        last = first + 1
-        budget = block.ptr[first] + CHUNK_NNZ
-        while last < block.n_sets and block.ptr[last + 1] <= budget:
-            last += 1
-        lo, hi = block.ptr[first], block.ptr[last]
-        y = item_factors[block.items[lo:hi]]
-        starts = block.ptr[first:last] - lo
-        sizes = np.diff(block.ptr[first:last + 1]).astype(np.float64)
-        outer = np.add.reduceat(y[:, :, None] * y[:, None, :], starts, axis=0)
-        a = gram + params.alpha * outer + (params.reg_param * sizes)[:, None, None] * eye
-        b = (1.0 + params.alpha) * np.add.reduceat(y, starts, axis=0)
-        out[first:last] = np.linalg.solve(a, b[:, :, None])[:, :, 0]
-        first = last
+    for size in np.unique(sizes):
+        members = np.flatnonzero(sizes == size)
+        for first in range(0, members.size, CHUNK_SETS):
+            chunk = members[first:first + CHUNK_SETS]
+            y = item_factors[block.items[block.ptr[chunk][:, None] + np.arange(size)]]  # (sets, size, rank)
+            a = gram + params.alpha * (y.transpose(0, 2, 1) @ y) + (params.reg_param * float(size)) * eye
+            b = (1.0 + params.alpha) * y.sum(axis=1)
+            out[chunk] = np.linalg.solve(a, b[:, :, None])[:, :, 0]
     return out
 
 
