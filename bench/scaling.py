@@ -8,7 +8,9 @@ at a time, as its own ``python jobs/taar_<job>.py ... --spark-master local[2]``
 process with Spark's event log switched on (``spark.eventLog.enabled`` into a
 per-run directory). Reported per job and size:
 
-* ``wall_s``: the process's wall clock (JVM start included);
+* ``wall_s``: the process's wall clock (JVM start included); ``cpu_s``: CPU seconds of
+  its whole process tree (driver, JVM, Python workers), the figure that survives a
+  shared machine;
 * ``single_task_s`` / ``serial_pct``: wall time during which the only stages
   running had one task each, as a share of the application's time (Amdahl's serial
   part: a cluster cannot shorten it). The stages are listed by name;
@@ -73,12 +75,28 @@ def _status_kb(pid: int, field: str) -> int:
     return 0
 
 
+def _cpu_s(pid: int) -> float:
+    """utime + stime of a live process, in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 class PeakMemory(threading.Thread):
-    """Poll a process tree: the greatest VmHWM (peak RSS) seen per kind of process."""
+    """Poll a process tree: the greatest VmHWM (peak RSS) per kind of process, and CPU seconds.
+
+    CPU time is the last utime + stime seen of every process of the tree (so at most
+    one polling interval per process is missed): unlike wall time it hardly depends
+    on how many other processes share the machine.
+    """
 
     def __init__(self, pid: int, interval: float = 0.5):
         super().__init__(daemon=True)
         self.pid, self.interval, self.peaks, self._done = pid, interval, {}, threading.Event()
+        self.cpu: dict[int, float] = {}
 
     def _kind(self, pid: int) -> str:
         if pid == self.pid:
@@ -103,12 +121,14 @@ class PeakMemory(threading.Thread):
                 todo += _children(pid)
                 kind = self._kind(pid)
                 self.peaks[kind] = max(self.peaks.get(kind, 0), _status_kb(pid, "VmHWM"))
+                self.cpu[pid] = max(self.cpu.get(pid, 0.0), _cpu_s(pid))
             self._done.wait(self.interval)
 
     def stop(self) -> dict:
         self._done.set()
         self.join()
-        return {f"{k}_peak_mb": round(v / 1024, 1) for k, v in sorted(self.peaks.items())}
+        return {"cpu_s": round(sum(self.cpu.values()), 1),
+                **{f"{k}_peak_mb": round(v / 1024, 1) for k, v in sorted(self.peaks.items())}}
 
 
 # --------------------------------------------------------------------------- event log
@@ -210,7 +230,7 @@ def exponent(t1: float, t2: float, n1: int, n2: int) -> float:
 
 def print_table(results: dict[int, list[dict]]) -> list[dict]:
     sizes = sorted(results)
-    print(f"{'job':14}{'clients':>10}{'wall s':>9}{'stages':>8}{'1-task':>8}{'serial %':>10}{'driver-only %':>15}"
+    print(f"{'job':14}{'clients':>10}{'wall s':>9}{'CPU s':>8}{'stages':>8}{'1-task':>8}{'serial %':>10}{'driver-only %':>15}"
           f"{'JVM MB':>9}{'drv py MB':>11}{'heap MB':>9}")
     summary = []
     for job in dict.fromkeys(r["job"] for rs in results.values() for r in rs):
@@ -220,7 +240,7 @@ def print_table(results: dict[int, list[dict]]) -> list[dict]:
             if r is None:
                 continue
             row[str(n)] = r
-            print(f"{job:14}{n:>10,}{r['wall_s']:>9.1f}{r.get('stages', 0):>8}{r.get('single_task_stages', 0):>8}"
+            print(f"{job:14}{n:>10,}{r['wall_s']:>9.1f}{r.get('cpu_s', 0):>8.0f}{r.get('stages', 0):>8}{r.get('single_task_stages', 0):>8}"
                   f"{r.get('serial_pct') or 0:>10.2f}{r.get('driver_only_pct') or 0:>15.1f}"
                   f"{r.get('jvm_peak_mb', 0):>9.0f}{r.get('driver_py_peak_mb', 0):>11.0f}"
                   f"{r.get('driver_jvm_heap_peak_mb', 0):>9.0f}{'' if r['ok'] else '  FAILED'}")
@@ -228,10 +248,11 @@ def print_table(results: dict[int, list[dict]]) -> list[dict]:
         if len(ok) >= 2:
             lo, hi = row[str(ok[0])], row[str(ok[-1])]
             row["exponent_wall"] = round(exponent(lo["wall_s"], hi["wall_s"], ok[0], ok[-1]), 2)
+            row["exponent_cpu"] = round(exponent(lo["cpu_s"], hi["cpu_s"], ok[0], ok[-1]), 2)
             if lo.get("app_s") and hi.get("app_s"):
                 row["exponent_app"] = round(exponent(lo["app_s"], hi["app_s"], ok[0], ok[-1]), 2)
             print(f"{'':14}scaling exponent {ok[0]:,} -> {ok[-1]:,}: wall {row['exponent_wall']}, "
-                  f"Spark application {row.get('exponent_app')}")
+                  f"CPU {row['exponent_cpu']}, Spark application {row.get('exponent_app')}")
         for n in ok:
             for s in row[str(n)].get("single_task_top", [])[:3]:
                 print(f"{'':14}{n:>10,} 1-task: {s['seconds']:.2f} s in {s['stages']} x {s['name']}")
@@ -270,7 +291,7 @@ def main(argv=None) -> int:
         results[n] = []
         for job in wanted:  # one at a time: the machine is shared
             r = run_job(job, telemetry, models, etl, args.date, args.seed, logs, args.master, extra.get(job, []))
-            print(f"  {job}: wall {r['wall_s']} s, serial {r.get('serial_pct')} %, "
+            print(f"  {job}: wall {r['wall_s']} s, CPU {r['cpu_s']} s, serial {r.get('serial_pct')} %, "
                   f"JVM peak {r.get('jvm_peak_mb')} MB{'' if r['ok'] else ' FAILED (see ' + r['log'] + ')'}",
                   flush=True)
             results[n].append(r)
