@@ -373,16 +373,13 @@ def item_sets(ratings):
 def set_blocks(ratings, num_blocks: int):
     """The cached RDD ``(block id, SetBlock)`` of :func:`item_sets`, one block per partition.
 
-    A set's block is ``xxhash64(items) mod num_blocks``: it depends on the set only.
+    A set's block is the partition Spark's hash repartitioning by the set gives it
+    (``pmod(murmur3(items), num_blocks)``): it depends on the set only. A
+    repartition to an explicit count is never coalesced by adaptive execution, so
+    there are always ``num_blocks`` blocks.
     """
-    from pyspark.sql import functions as F
-
-    sets = item_sets(ratings)
-    keyed = sets.select(F.pmod(F.xxhash64("items"), F.lit(num_blocks)).cast("int").alias("block"), "items", "users")
-    blocks = (keyed.rdd.map(lambda r: (r[0], (r[1], r[2])))
-              .partitionBy(num_blocks, lambda block: block)
-              .mapPartitionsWithIndex(lambda index, rows: [(index, set_block(v for _, v in rows))],
-                                      preservesPartitioning=True))
+    sets = item_sets(ratings).repartition(num_blocks, "items")
+    blocks = sets.rdd.mapPartitionsWithIndex(lambda index, rows: [(index, set_block((r[0], r[1]) for r in rows))])
     return blocks.persist()
 
 
@@ -393,8 +390,9 @@ class SetAlsModel:
     :meth:`save`); the blocks stay cached until :meth:`release`.
     """
 
-    def __init__(self, ratings, blocks, params: AlsParams, item_factors: np.ndarray):
+    def __init__(self, ratings, blocks, params: AlsParams, item_factors: np.ndarray, num_blocks: int):
         self.ratings, self.blocks, self.params, self.item_factors = ratings, blocks, params, item_factors
+        self.num_blocks = num_blocks
 
     def user_factor_rows(self):
         """RDD ``(user, factor list)``: each training user's factor given the final item factors."""
@@ -403,7 +401,9 @@ class SetAlsModel:
         sc = self.ratings.sparkSession.sparkContext
         y = sc.broadcast(self.item_factors)
         params = self.params
-        per_user = self.ratings.groupBy("user").agg(F.array_sort(F.collect_set(F.col("item").cast("int"))))
+        # an explicit partition count: adaptive execution would fold a small per-user table into one task
+        per_user = (self.ratings.groupBy("user").agg(F.array_sort(F.collect_set(F.col("item").cast("int"))))
+                    .repartition(self.num_blocks, "user"))
 
         def solve(rows):
             rows = list(rows)
@@ -513,7 +513,7 @@ def fit_als(ratings, params: AlsParams, *, n_items: int, max_iter: int, seed: in
             raise ValueError(f"ALS produced non-finite item factors for {params.as_dict()}")
         # the next sweep starts from what the artifact will hold
         factors = factors.astype(np.float32).astype(np.float64)
-    model = SetAlsModel(ratings, blocks, params, factors)
+    model = SetAlsModel(ratings, blocks, params, factors, num_blocks)
     return FittedAls(params, model, factors, known, (blocks.id(),))
 
 
