@@ -319,7 +319,9 @@ def search_grid(train, grid, validation, n_items, n_users, options, fit, fit_opt
     holds no wall-clock figure, so a rerun's sidecar stays byte-identical; the seconds
     are logged.
     """
-    sample, info = als.search_sample(train, options.search_users, options.seed, n_users)
+    # a single configuration has nothing to choose: fit it on every training user straight away
+    cap = options.search_users if len(grid) > 1 else max(n_users, 1)
+    sample, info = als.search_sample(train, cap, options.seed, n_users)
     sample_interactions = sample.count() if info["sampled"] else None
     started = time.monotonic()
     best, selection = als.grid_search(sample, grid, validation, n_items=n_items, k=options.eval_k, fit=fit,
