@@ -185,6 +185,8 @@ def test_planted_structure_beats_popularity_on_the_holdout(first_run, synthetic_
     assert model["ndcg@10"] > popularity["ndcg@10"]
     assert sidecar["params"]["selected"] == {"rank": 8, "reg_param": 0.1, "alpha": 10.0}
     assert sidecar["inputs"]["test_users"] == ev["n_users"]
+    # one configuration: no sample, fitted once on every training user
+    assert sidecar["params"]["search"]["sampled"] is False and sidecar["params"]["search"]["fits"] == 1
 
 
 def test_artifacts_round_trip_into_the_service_recommender(first_run, synthetic_small):
@@ -243,6 +245,35 @@ def test_explicit_grid_selects_on_validation_without_refit(spark, synthetic_smal
     matrix, _ = read_artifact(open_model_store(str(models)), "item_matrix")
     assert {len(row["features"]) for row in matrix} == {best["params"]["rank"]}
     assert not (tmp_path / "etl" / "archive").exists()
+
+
+def test_grid_search_on_a_user_sample_is_reported_and_the_winner_refitted_on_all(spark, synthetic_small, inputs,
+                                                                                tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(inputs, models)
+    fits = []
+
+    def counting_fit(ratings, params, **kwargs):
+        fitted = als.fit_als(ratings, params, **kwargs)
+        fits.append((params.rank, ratings.select("user").distinct().count()))
+        return fitted
+
+    assert run_main(synthetic_small, models, tmp_path / "etl", "--grid", "rank=2,8;alpha=10", "--search-users", "400",
+                    "--no-refit-full", "--no-archive-model", fit=counting_fit) == 0
+    sidecar = decode(dated_bytes(models, "metrics", synthetic_small.end_date), "x.bz2")
+    search, n_users = sidecar["params"]["search"], sidecar["inputs"]["clients"]
+    assert search["sampled"] and search["training_users"] == n_users and search["max_users"] == 400
+    # rate = 400 / n_users, rounded to the 10^-6 hash buckets sample_clients compares against
+    assert search["rate"] == round(400 / n_users * 1_000_000) / 1_000_000
+    assert search["fits"] == 2 and search["sweeps"] == 2 * 5
+    assert search["interaction_sweeps"] == search["sample_interactions"] * 2 * 5
+    assert search["selected"] == sidecar["params"]["selected"]
+    # two fits on the sample (a few hundred users), then the winner once on every training user
+    (r1, sampled1), (r2, sampled2), (winner, everyone) = fits
+    assert (r1, r2) == (2, 8) and sampled1 == sampled2 < n_users / 2 and everyone == n_users
+    assert winner == search["selected"]["rank"]
+    matrix, _ = read_artifact(open_model_store(str(models)), "item_matrix")
+    assert {len(row["features"]) for row in matrix} == {winner}
 
 
 def shuffled_fit(*args, **kwargs):
