@@ -6,9 +6,11 @@ core. It works on generic interactions: a DataFrame of dense integer ``user`` an
 ``item`` indices (items numbered in GUID order, so "ties by item index" is "ties
 by GUID"), one implicit rating of 1.0 per pair.
 
-* Training is Spark ML ``ALS(implicitPrefs=True)`` fed in a canonical order, so a
-  run depends only on the interactions, the parameters and the seed (see
-  :func:`fit_als` for what makes it bit-for-bit reproducible).
+* Training is a block ALS on Spark for implicit feedback (the objective and
+  regularisation of Spark ML's ``ALS(implicitPrefs=True)``): users grouped by item
+  set, ``num_blocks`` tasks per sweep, every sum in block order, so a run depends
+  only on the interactions, the parameters, the seed and ``num_blocks`` (see
+  :func:`fit_als`), never on the input partitioning or task timing.
 * Evaluation happens on the driver in numpy, with the formula the service uses
   (SPEC §5.2): a user's vector is the sum of the factors of its training items,
   every item is scored by its dot product with that vector, and the full ranking
