@@ -17,15 +17,19 @@ Method
     add-ons among the items, rating 1.0. Users get dense indices in client-id
     order. Each user with two or more items loses its newest (``install_day``,
     ties GUID) to the holdout; holdout users split by ``xxhash64(seed, client_id)``
-    parity into validation and test, each capped at ``--eval-users``. Spark ML
-    implicit ALS is fitted for every ``--grid`` configuration; the best validation
-    NDCG@k wins (ties: HR@k, then the smaller rank). Evaluation scores with the
-    serving formula (user vector = sum of its training item factors).
+    parity into validation and test, each capped at ``--eval-users``. The ``--grid``
+    is searched on a deterministic sample of about ``--search-users`` training users
+    (``xxhash64(seed, user)``); the best validation NDCG@k wins (ties: HR@k, then the
+    smaller rank) and is refitted on all training users. ALS is the block ALS of
+    :mod:`taar_etl.spark.als` (users grouped by item set, ``--num-blocks`` tasks per
+    sweep). Evaluation scores with the serving formula (user vector = sum of its
+    training item factors).
 Reproducibility
     Same inputs, flags and ``--seed`` give byte-identical artifacts, whatever the
-    input partitioning: ALS gets its ratings in one canonical order, and
-    ``--num-blocks`` (default 2) keeps its floating-point sums order-independent
-    (see :func:`taar_etl.spark.als.fit_als`; more blocks trade that for parallelism).
+    input partitioning and task timing: ALS sums in block order, never in task
+    completion order (see :func:`taar_etl.spark.als.fit_als`). ``--num-blocks`` is
+    part of that contract: keep it fixed for a given cluster (the gcp DAG sets it
+    from the cluster size); another value changes the factors in the last bits.
 Quality gate
     Test NDCG@k below the popularity baseline's -> refused: exit 3, nothing
     published, report under ``<etl-store>/reports/collaborative/<YYYYMMDD>/``.
@@ -33,9 +37,8 @@ Outputs
     ``item_matrix`` + ``addon_mapping`` published as a group (dated copy + latest),
     refitted on every interaction with ``--refit-full``; the metrics sidecar
     ``addon_recommender/taar_collaborative_metrics.json.bz2`` with the evaluation
-    block; with ``--archive-model`` the Spark model under
-    ``<etl-store>/archive/collaborative/<YYYYMMDD>/als_model``. ALS checkpoints go to
-    ``<etl-store>/checkpoints/collaborative/<YYYYMMDD>/``.
+    block and what the grid search cost (``params.search``); with ``--archive-model``
+    a Spark ML ``ALSModel`` under ``<etl-store>/archive/collaborative/<YYYYMMDD>/als_model``.
 Exit codes
     0 published; 1 runtime failure (missing input, no item, no interaction, no
     test user, write error); 2 usage error; 3 refused by the quality gate, item id
@@ -48,6 +51,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,9 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reg-param", type=float, default=0.1, help="ALS regParam with --grid none")
     p.add_argument("--alpha", type=float, default=10.0, help="ALS implicit confidence alpha with --grid none")
     p.add_argument("--max-iter", type=int, default=20, help="ALS iterations")
-    p.add_argument("--checkpoint-interval", type=int, default=5, help="ALS checkpoint interval (iterations)")
-    p.add_argument("--num-blocks", type=int, default=2,
-                   help="ALS user and item blocks (<= 2 keeps reruns bit-identical, see taar_etl.spark.als.fit_als)")
+    p.add_argument("--num-blocks", type=int, default=4,
+                   help="ALS parallelism: item-set blocks and item slices per sweep (set it to the cluster's "
+                        "executor cores; artifacts are byte-identical for a fixed value)")
+    p.add_argument("--search-users", type=int, default=als.SEARCH_USERS,
+                   help="the grid search fits on a deterministic sample of about this many training users; "
+                        "the winner is refitted on all")
     p.add_argument("--eval-k", type=int, default=10, help="cut-off k of the evaluation metrics")
     p.add_argument("--eval-users", type=int, default=50000, help="cap on validation and on test users")
     p.add_argument("--on-collision", choices=("drop", "fail"), default="drop",
@@ -111,13 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_options(options) -> tuple[als.AlsParams, ...]:
     """Reject unusable values (exit 2); return the ALS grid."""
-    for name in ("window_days", "max_iter", "eval_k", "eval_users", "num_blocks"):
+    for name in ("window_days", "max_iter", "eval_k", "eval_users", "num_blocks", "search_users"):
         if getattr(options, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(options, name)}")
     if not 1 <= options.sample_id_max <= 100:
         raise UsageError(f"--sample-id-max must be in [1, 100], got {options.sample_id_max}")
-    if options.checkpoint_interval < 1 and options.checkpoint_interval != -1:
-        raise UsageError(f"--checkpoint-interval must be >= 1 (or -1 to disable), got {options.checkpoint_interval}")
     try:
         return als.parse_grid(options.grid, options.rank, options.reg_param, options.alpha)
     except ValueError as exc:
@@ -151,7 +156,6 @@ def run(options, fit=None) -> None:
     """The whole job; ``fit`` is the ALS trainer (default :func:`taar_etl.spark.als.fit_als`)."""
     fit = fit or als.fit_als
     grid = check_options(options)
-    day = f"{options.date:%Y%m%d}"
     store = open_model_store(options.model_store)
     whitelist, _ = read_input_artifact(store, "whitelist", options.date, options.allow_latest_inputs)
     amo_db, _ = read_input_artifact(store, "amo_database", options.date, options.allow_latest_inputs)
@@ -160,9 +164,8 @@ def run(options, fit=None) -> None:
         raise JobFailed(f"no item: none of the {len(whitelist)} whitelisted GUIDs is an AMO webextension "
                         "with a unique item id")
     guids = [i.guid for i in items]
-    checkpoints = spark_path(options.etl_store, "checkpoints", ETL_NAME, day)
     start, end = window(options.date, options.window_days)
-    with job_session(JOB, options.spark_master, options.shuffle_partitions, checkpoints) as spark:
+    with job_session(JOB, options.spark_master, options.shuffle_partitions) as spark:
         daily = read_source(spark, options, "clients_daily", list(SOURCE_COLUMNS), start, end)
         indexed = index_interactions(client_items(daily, guids, options.channel, options.sample_id_max),
                                      guids, options.seed).cache()
@@ -182,6 +185,7 @@ class Outcome:
     counts: dict
     selection: list
     test_metrics: dict
+    search: dict
 
 
 def train_and_evaluate(indexed, items, grid, options, fit) -> Outcome:
@@ -200,11 +204,12 @@ def train_and_evaluate(indexed, items, grid, options, fit) -> Outcome:
         if test is None:
             raise JobFailed("no test user: no client has two or more eligible items, the model cannot be gated")
         popularity = als.item_counts(train, n_items)
-        fit_options = {"max_iter": options.max_iter, "seed": options.seed,
-                       "checkpoint_interval": options.checkpoint_interval, "num_blocks": options.num_blocks}
-        best, selection = als.grid_search(train, grid, validation, n_items=n_items, k=k, fit=fit, **fit_options)
+        fit_options = {"max_iter": options.max_iter, "seed": options.seed, "num_blocks": options.num_blocks}
+        n_users = indexed.select("user").distinct().count()  # every user keeps >= 1 training item
+        best, selection, search = search_grid(train, grid, validation, n_items, n_users, options, fit,
+                                               fit_options)
         counts = {"items": n_items, "items_trained": int(best.known_items.sum()),
-                  "clients": indexed.select("user").distinct().count(), "interactions": n_interactions,
+                  "clients": n_users, "interactions": n_interactions,
                   "training_interactions": int(popularity.sum()),
                   "validation_users": len(validation) if validation is not None else 0, "test_users": len(test)}
     finally:
@@ -225,13 +230,45 @@ def train_and_evaluate(indexed, items, grid, options, fit) -> Outcome:
         everything = indexed.select("user", "item", F.lit(1.0).cast("float").alias("rating"))
         final = fit(everything, best.params, n_items=n_items, **fit_options)
     test_metrics = sidecar_evaluation(k, model, {"popularity": baseline})
-    return Outcome(items, final, counts, selection, test_metrics)
+    return Outcome(items, final, counts, selection, test_metrics, search)
+
+
+def search_grid(train, grid, validation, n_items, n_users, options, fit, fit_options):
+    """Grid search on a deterministic sample of training users, winner refitted on all training users.
+
+    Returns ``(best, selection, search)``. ``search`` goes to the sidecar: the sample,
+    the work the search did (fits, ALS sweeps, interactions swept) and the choice. It
+    holds no wall-clock figure, so a rerun's sidecar stays byte-identical; the seconds
+    are logged.
+    """
+    # a single configuration has nothing to choose: fit it on every training user straight away
+    cap = options.search_users if len(grid) > 1 else max(n_users, 1)
+    sample, info = als.search_sample(train, cap, options.seed, n_users)
+    sample_interactions = sample.count() if info["sampled"] else None
+    started = time.monotonic()
+    best, selection = als.grid_search(sample, grid, validation, n_items=n_items, k=options.eval_k, fit=fit,
+                                      **fit_options)
+    seconds = {"search_s": round(time.monotonic() - started, 1)}
+    if sample_interactions is None:
+        sample_interactions = train.count()
+    search = {**info, "sample_interactions": sample_interactions, "fits": len(grid),
+              "sweeps": len(grid) * options.max_iter,
+              "interaction_sweeps": sample_interactions * len(grid) * options.max_iter,
+              "selected": best.params.as_dict(), "refitted_on_all_training_users": info["sampled"]}
+    if info["sampled"]:
+        best.release()
+        started = time.monotonic()
+        best = fit(train, best.params, n_items=n_items, **fit_options)
+        seconds["refit_s"] = round(time.monotonic() - started, 1)
+    logger.info("grid search on %s of %d training users: %s", f"{info['rate']:.2%}", n_users, best.params.as_dict(),
+                extra={"fields": {"search": search, **seconds}})
+    return best, selection, search
 
 
 def parameters(options) -> dict:
     return {name: getattr(options, name) for name in (
-        "window_days", "sample_id_max", "grid", "rank", "reg_param", "alpha", "max_iter", "checkpoint_interval",
-        "num_blocks", "eval_k", "eval_users", "on_collision", "refit_full", "channel")}
+        "window_days", "sample_id_max", "grid", "rank", "reg_param", "alpha", "max_iter",
+        "num_blocks", "search_users", "eval_k", "eval_users", "on_collision", "refit_full", "channel")}
 
 
 def write_refusal_report(options, counts, selection, params, curves) -> None:
@@ -258,11 +295,12 @@ def publish_outcome(store, outcome: Outcome, options) -> None:
         raise JobFailed("empty output: no item has ALS factors")
     if options.archive_model:
         path = spark_path(options.etl_store, "archive", ETL_NAME, f"{options.date:%Y%m%d}", "als_model")
-        final.model.write().overwrite().save(path)
+        final.model.save(path)
         logger.info("archived the ALS model at %s", path)
     producer = producer_tag(JOB)
     publish_group(store, models, options.date, producer, options.force_latest)
-    params = {**parameters(options), "selected": final.params.as_dict(), "grid_results": outcome.selection}
+    params = {**parameters(options), "selected": final.params.as_dict(), "grid_results": outcome.selection,
+              "search": outcome.search}
     outputs = {"item_matrix_rows": len(models["item_matrix"]), "rank": final.params.rank}
     publish_job_metrics(store, JOB, METRICS_PREFIX, options.date, options.seed, params, outcome.counts, outputs,
                         outcome.test_metrics, options.force_latest)

@@ -155,9 +155,16 @@ def select_donors(clustered, quotas, seed):
     from pyspark.sql import functions as F
 
     quota_map = F.create_map(*[F.lit(x) for c, q in sorted(quotas.items()) for x in (int(c), int(q))])
-    order = Window.partitionBy("cluster").orderBy(xxhash_order(seed, "client_id"), "client_id")
-    return (clustered.withColumn("_rank", F.row_number().over(order))
-            .where(F.col("_rank") <= F.coalesce(F.element_at(quota_map, F.col("cluster")), F.lit(0)))
+    quota = F.coalesce(F.element_at(quota_map, F.col("cluster")), F.lit(0))
+    key = [xxhash_order(seed, "client_id"), "client_id"]
+    # First each input partition keeps its own quota per cluster (parallel over partitions, not over the
+    # ~20 clusters): a client among a cluster's quota smallest keys overall is among them in its partition
+    # too, so the final pick over the survivors (at most partitions x quota per cluster) is the same.
+    local = Window.partitionBy(F.spark_partition_id(), "cluster").orderBy(*key)
+    survivors = (clustered.withColumn("_rank", F.row_number().over(local)).where(F.col("_rank") <= quota)
+                 .drop("_rank"))
+    order = Window.partitionBy("cluster").orderBy(*key)
+    return (survivors.withColumn("_rank", F.row_number().over(order)).where(F.col("_rank") <= quota)
             .drop("_rank"))
 
 

@@ -31,17 +31,10 @@ DAILY_MODEL_OBJECTS = {
     "lr_curves": "taar/similarity/lr_curves.json",
 }
 
-# ----------------------------------------------------------------------------------------------------
-# HOOKS for flags other engineers are adding to the jobs in parallel. Each is off until the job that
-# takes the flag is merged; switching one on only adds the flag to the rendered command lines (tests
-# in tests/dags cover both states). Nothing else changes.
-#: HOOK(scale16/priv12): every job reading source tables accepts ``--allow-missing-days N`` (issue 12).
-ALLOW_MISSING_DAYS = False
 #: The locale job's own release cadence (issue 12, SPEC §8.6). Unset, the Variable leaves the job at its
 #: default of 7 days (weekly, Saturdays; the job publishes once off-cadence into an empty store) while the
 #: gate below runs the task every day; set to 7, the gate also skips the cluster on the other days.
 LOCALE_CADENCE_ARGS: list[str] = ["--cadence-days", var("taar_locale_every_days", "7")]
-# ----------------------------------------------------------------------------------------------------
 
 
 
@@ -67,9 +60,7 @@ def source_args(target: str) -> list[str]:
     """Flags of every job that reads source tables: the same tables the sensors check."""
     args = ["--bq-tables", bq_tables_arg(target),
             "--bq-materialization-dataset", var("taar_bq_materialization_dataset", "")]
-    if ALLOW_MISSING_DAYS:
-        args += ["--allow-missing-days", var("taar_allow_missing_days", "0")]
-    return args
+    return [*args, "--allow-missing-days", var("taar_allow_missing_days", "0")]
 
 
 def num_blocks_args(target: str, job: str) -> list[str]:

@@ -87,15 +87,16 @@ def index_interactions(pairs, guids, seed: int):
     of the client id among all clients (0-based), ``user_hash`` =
     ``xxhash64(seed, client_id)``. The client id goes no further than this.
     """
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     spark = pairs.sparkSession
     items = spark.createDataFrame(list(enumerate(guids)), "item int, guid string")
-    # One ordered window over the distinct client ids: a single partition, but only one short column.
-    users = (pairs.select("client_id").distinct()
-             .withColumn("user", (F.row_number().over(Window.orderBy("client_id")) - 1).cast("int"))
-             .withColumn("user_hash", xxhash_order(seed, F.col("client_id"))))
+    # rank = position in a range-partitioned sort, numbered by zipWithIndex: parallel (no single-partition
+    # window) and deterministic (the sort is total, the partition sizes are counted before numbering)
+    ranked = (pairs.select("client_id").distinct().orderBy("client_id").rdd
+              .zipWithIndex().map(lambda pair: (pair[0][0], pair[1])))
+    users = (spark.createDataFrame(ranked, "client_id string, user long")
+             .select("client_id", F.col("user").cast("int"), xxhash_order(seed, F.col("client_id")).alias("user_hash")))
     return (pairs.join(F.broadcast(items), "guid").join(users, "client_id")
             .select("user", "item", "install_day", "user_hash"))
 

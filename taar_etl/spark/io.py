@@ -58,20 +58,65 @@ def build_spark_session(app_name, master=None, shuffle_partitions=None, checkpoi
     return session
 
 
+def window_days(start: dt.date, end: dt.date) -> list[dt.date]:
+    """Every day of the closed range ``[start, end]``, oldest first."""
+    return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+def check_window(table: str, days, present, allow_missing_days: int = 0) -> list[dt.date]:
+    """Raise :class:`SourceError` when more than ``allow_missing_days`` of ``days`` have no partition.
+
+    The message names every missing day: ``missing partitions of <table>: YYYY-MM-DD, ...``
+    (SPEC §8.0). Returns the missing days (logged as a warning when tolerated).
+    """
+    present = set(present)
+    missing = [d for d in days if d not in present]
+    if not missing:
+        return missing
+    named = f"missing partitions of {table}: {', '.join(d.isoformat() for d in missing)}"
+    if len(missing) > allow_missing_days:
+        hint = f" (--allow-missing-days {allow_missing_days} tolerates at most {allow_missing_days})" \
+            if allow_missing_days else ""
+        raise SourceError(named + hint)
+    logger.warning("%s (tolerated by --allow-missing-days %d)", named, allow_missing_days)
+    return missing
+
+
+def local_partitions(path: str, date_column: str, days) -> dict[dt.date, str]:
+    """The partition directories of ``days`` under the table directory ``path``.
+
+    Each day's directory is looked up by name (``<date_column>=YYYY-MM-DD``), so
+    discovery costs one ``stat`` per day of the window and never lists the table:
+    days outside the window are not touched, however many the table holds.
+    """
+    found = {}
+    for day in days:
+        candidate = os.path.join(path, f"{date_column}={day.isoformat()}")
+        if os.path.isdir(candidate):
+            found[day] = candidate
+    return found
+
+
 def read_table(spark, source, table, columns, start, end, date_column="submission_date", bq_tables=None,
-               materialization_dataset=None):
+               materialization_dataset=None, allow_missing_days=0):
     """Read ``columns`` of ``table`` for the dates ``[start, end]`` (inclusive).
 
-    ``source`` is ``"bq"`` or a Parquet root. Raises :class:`SourceError` when the
-    local table has no partition in the range. ``materialization_dataset`` is the
-    BigQuery dataset the connector materialises views into (``bq`` only).
+    ``source`` is ``"bq"`` or a Parquet root. Every day of the range must have a
+    partition: more than ``allow_missing_days`` missing days raise
+    :class:`SourceError` naming them (SPEC §8.0), as does a local table that does
+    not exist. Locally only the range's partition directories are handed to Spark
+    (:func:`local_partitions`); on BigQuery the partition filter is pushed down and
+    the days present are the distinct dates of that filtered read.
+    ``materialization_dataset`` is the BigQuery dataset the connector materialises
+    views into (``bq`` only).
     """
     from pyspark.sql import functions as F
 
-    if isinstance(start, dt.date):
-        start = start.isoformat()
-    if isinstance(end, dt.date):
-        end = end.isoformat()
+    if isinstance(start, str):
+        start = dt.date.fromisoformat(start)
+    if isinstance(end, str):
+        end = dt.date.fromisoformat(end)
+    days = window_days(start, end)
     if source == "bq":
         name = (bq_tables or BQ_TABLES)[table]
         bq_date = "DATE(submission_timestamp)" if table == "deletion_request" else date_column
@@ -86,12 +131,21 @@ def read_table(spark, source, table, columns, start, end, date_column="submissio
         df = reader.load()
         if table == "deletion_request":
             df = df.withColumn(date_column, F.to_date("submission_timestamp"))
+        present = [r[0] for r in df.select(date_column).distinct().collect()]
+        check_window(table, days, present, allow_missing_days)
         return df.select(*columns)
     path = os.path.join(source, table)
     if not os.path.isdir(path):
         raise SourceError(f"input table {table!r} not found at {path}")
-    df = spark.read.option("basePath", path).parquet(path)
-    df = df.where((F.col(date_column) >= F.lit(start).cast("date")) & (F.col(date_column) <= F.lit(end).cast("date")))
+    partitions = local_partitions(path, date_column, days)
+    check_window(table, days, partitions, allow_missing_days)
+    if not partitions:
+        raise SourceError(f"no partition of {table} in [{start}, {end}]")
+    # only the window's directories: Spark lists and reads nothing else (basePath keeps the
+    # partition column)
+    df = spark.read.option("basePath", path).parquet(*partitions.values())
+    df = df.where((F.col(date_column) >= F.lit(start.isoformat()).cast("date"))
+                  & (F.col(date_column) <= F.lit(end.isoformat()).cast("date")))
     return df.select(*columns)
 
 
@@ -206,7 +260,22 @@ def add_source_arguments(parser):
     """Add the BigQuery flags every Spark job shares: ``--bq-tables`` (JSON, the container jobs' format too)
     and the views' materialisation dataset."""
     add_bq_table_arguments(parser)
+    parser.add_argument("--allow-missing-days", type=non_negative_int, default=0, metavar="N",
+                        help="tolerate up to N days of the input window without a partition (SPEC §8.0)")
     return parser
+
+
+def non_negative_int(value: str) -> int:
+    """argparse type: an integer >= 0 (anything else is a usage error, exit 2)."""
+    import argparse
+
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
+    return number
 
 
 def bq_tables_from(options) -> dict[str, str]:
@@ -222,7 +291,8 @@ def bq_tables_from(options) -> dict[str, str]:
 def read_source(spark, options, table, columns, start, end):
     """:func:`read_table` from the job's ``--source`` and BigQuery flags."""
     return read_table(spark, options.source, table, columns, start, end, bq_tables=bq_tables_from(options),
-                      materialization_dataset=getattr(options, "bq_materialization_dataset", None))
+                      materialization_dataset=getattr(options, "bq_materialization_dataset", None),
+                      allow_missing_days=getattr(options, "allow_missing_days", 0))
 
 
 def publish_job_metrics(store, job, prefix, date, seed, params, inputs, outputs, evaluation=None,

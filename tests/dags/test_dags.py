@@ -448,11 +448,8 @@ def test_profile_steps_honour_opt_outs_up_to_the_run_date(gcp_dags):
     assert _args_after(args, "--run-date") == "2026-03-07"  # never before D
 
 
-def test_allow_missing_days_hook_adds_its_flag(monkeypatch, taar_dags):
-    import taar_dags.tasks as tasks
-
-    monkeypatch.setattr(tasks, "ALLOW_MISSING_DAYS", True)
-    weekly = load_dagbag("gcp", monkeypatch).dags["taar_weekly"]
+def test_jobs_get_the_allowed_missing_days(gcp_dags):
+    weekly = gcp_dags["taar_weekly"]
     args = render(weekly, weekly.get_task("profile_delete_opt_outs").arguments)
     assert _args_after(args, "--allow-missing-days") == "0"
 

@@ -152,9 +152,10 @@ def _planted(spark, partitions):
 def test_fit_recovers_planted_groups_and_is_bit_identical_across_partitionings(spark):
     # rank 2 = the two planted groups (with a larger rank and little regularisation, item factors of
     # one group can come out nearly orthogonal, and summed item factors then rank poorly)
-    fits = [als.fit_als(_planted(spark, n), P(2, 0.1, 10.0), n_items=7, max_iter=6, seed=3) for n in (1, 3)]
+    fits = [als.fit_als(_planted(spark, n), P(2, 0.1, 10.0), n_items=7, max_iter=6, seed=3, num_blocks=4)
+            for n in (1, 4)]
     cached = set(fits[0].rdd_ids)
-    assert cached  # the factor RDDs Spark keeps for the model
+    assert cached  # the training blocks the model keeps cached
     try:
         assert np.array_equal(fits[0].item_factors, fits[1].item_factors)
         f = fits[0]
@@ -164,12 +165,88 @@ def test_fit_recovers_planted_groups_and_is_bit_identical_across_partitionings(s
         ev = als.eval_set_from_lists([0], [[0]], [1], n_items=7)
         top2 = als.rank_top_k(ev, als.item_sum_scorer(f.item_factors), k=2, candidates=f.known_items)
         assert sorted(top2[0].tolist()) == [1, 2]
-        assert f.user_factors(40).shape == (40, 2)
+        users = f.user_factors(40)
+        assert users.shape == (40, 2)
+        # users 0 and 3 both hold {1, 2} (0 % 3 == 3 % 3 drops item 0): one item set, one factor
+        assert np.array_equal(users[0], users[3]) and users[0].any()
     finally:
         for f in fits:
             f.release()
     persistent = spark.sparkContext._jsc.getPersistentRDDs()
     assert not cached & {int(i) for i in persistent.keySet()}
+
+
+# --------------------------------------------------------------------------- block ALS pieces (driver, by hand)
+
+ALPHA1 = P(1, 0.5, 1.0)  # rank 1, reg 0.5, alpha 1: confidence c = 2
+
+
+def test_set_blocks_are_canonical_whatever_the_row_order():
+    a = als.set_block([([1], 1), ([0, 1], 2)])
+    b = als.set_block([([0, 1], 2), ([1], 1)])
+    for x, y in ((a.ptr, b.ptr), (a.items, b.items), (a.weight, b.weight)):
+        assert np.array_equal(x, y)
+    assert a.ptr.tolist() == [0, 2, 3] and a.items.tolist() == [0, 1, 1] and a.weight.tolist() == [2.0, 1.0]
+
+
+def test_solve_sets_by_hand():
+    # Y = [1, 2] -> YtY = 1 + 4 = 5.
+    # set {0, 1}: A = 5 + 1·(1 + 4) + 0.5·2 = 11, b = 2·(1 + 2) = 6 -> x = 6/11
+    # set {1}:    A = 5 + 1·4 + 0.5·1 = 9.5,     b = 2·2 = 4       -> x = 4/9.5
+    block = als.set_block([([0, 1], 2), ([1], 1)])
+    y = np.array([[1.0], [2.0]])
+    x = als.solve_sets(block, y, y.T @ y, ALPHA1)
+    assert x[:, 0] == pytest.approx([6 / 11, 4 / 9.5])
+
+
+def test_item_solve_by_hand_and_independent_of_the_order_partials_arrive_in():
+    # one block: set {0, 1} (2 users) with x = 1, set {1} (1 user) with x = 3; 3 items in one slice.
+    # XtX = 2·1 + 1·9 = 11. item 0: Σw x xᵀ = 2, Σ w x = 2, n = 2; item 1: 2 + 9 = 11, 2 + 3 = 5, n = 3.
+    # y0 = (2·2) / (11 + 2 + 0.5·2) = 4/14; y1 = (2·5) / (11 + 11 + 0.5·3) = 10/23.5; item 2 has no user
+    block = als.set_block([([0, 1], 2), ([1], 1)])
+    [(index, part)] = als.item_partials(0, block, np.array([[1.0], [3.0]]), [(0, 3)])
+    assert index == 0 and part.gram[0, 0] == 11 and part.count.tolist() == [2, 3, 0]
+    factors, known = als.solve_item_slice([part], ALPHA1)
+    assert factors[:, 0] == pytest.approx([4 / 14, 10 / 23.5, 0.0]) and known.tolist() == [True, True, False]
+    # several blocks: the sum runs in block order whatever order the shuffle delivers them in
+    rng = np.random.Generator(np.random.PCG64(1))
+    parts = []
+    for b in range(5):
+        sets = [([0, 1], int(rng.integers(1, 5))), ([1, 2], int(rng.integers(1, 5))), ([2], 1)]
+        parts += [p for _, p in als.item_partials(b, als.set_block(sets), rng.standard_normal((3, 4)), [(0, 3)])]
+    p4 = P(4, 0.1, 10.0)
+    reference = als.solve_item_slice(parts, p4)[0]
+    for seed in range(6):
+        shuffled = [parts[i] for i in np.random.Generator(np.random.PCG64(seed)).permutation(len(parts))]
+        assert np.array_equal(als.solve_item_slice(shuffled, p4)[0], reference)
+
+
+def test_item_slices_cover_the_items_once():
+    assert als.item_slices(7, 3) == [(0, 2), (2, 5), (5, 7)]
+    assert als.item_slices(2, 2) == [(0, 1), (1, 2)]
+
+
+def test_objects_shipped_to_executors_pickle():
+    import pickle
+
+    block = als.set_block([([0, 1], 2)])
+    [(_, part)] = als.item_partials(3, block, np.ones((1, 2)), [(0, 2)])
+    for obj in (block, part, ALPHA1):
+        back = pickle.loads(pickle.dumps(obj))
+        assert type(back) is type(obj)
+    assert np.array_equal(pickle.loads(pickle.dumps(part)).outer, part.outer)
+
+
+def test_search_sample_is_deterministic_and_keeps_all_under_the_cap(spark):
+    rows = [(u, u % 5, 1.0) for u in range(400)]
+    train = spark.createDataFrame(rows, "user int, item int, rating float")
+    same, info = als.search_sample(train, 1000, seed=3)
+    assert same is train and info == {"max_users": 1000, "training_users": 400, "rate": 1.0, "sampled": False}
+    got = [sorted(r.user for r in als.search_sample(train.repartition(n), 100, seed=3)[0].collect()) for n in (1, 4)]
+    assert got[0] == got[1]
+    assert 50 < len(got[0]) < 150  # about 100 = 400 · 0.25
+    _, info = als.search_sample(train, 100, seed=3)
+    assert info["rate"] == 0.25 and info["sampled"]
 
 
 def test_different_seeds_give_different_factors(spark):

@@ -57,6 +57,67 @@ def test_read_table_missing_table_is_a_source_error(spark, root):
         read_table(spark, root, "clients_last_seen", ["client_id"], D, D)
 
 
+@pytest.fixture(scope="module")
+def gappy(tmp_path_factory):
+    """clients_daily on 03-01, 03-02 and 03-04 (03-03 missing), plus days outside [03-02, 03-04] that
+    would break any reader that looked at them: 02-20 holds a corrupt file under a conflicting
+    partition layout, 03-05 a file that is not Parquet."""
+    rows = [client_row("c1", day, locale=loc) for day, loc in
+            (("2026-03-01", "es"), ("2026-03-02", "de"), ("2026-03-04", "fr"), ("2026-02-20", "it"),
+             ("2026-03-05", "pt"))]
+    root = tmp_path_factory.mktemp("gappy")
+    write_tables(root, clients_daily=rows)
+    table = root / "clients_daily"
+    bad_layout = table / "submission_date=2026-02-20"
+    (bad_layout / "part-00000.parquet").rename(bad_layout / "moved")
+    (bad_layout / "extra=1").mkdir()
+    (bad_layout / "extra=1" / "part-00000.parquet").write_bytes(b"not parquet")
+    (table / "submission_date=2026-03-05" / "part-00000.parquet").write_bytes(b"PAR1 garbage")
+    return str(root)
+
+
+def test_missing_day_in_the_window_fails_naming_it(spark, gappy):
+    with pytest.raises(SourceError, match=r"^missing partitions of clients_daily: 2026-03-03\b"):
+        read_table(spark, gappy, "clients_daily", ["client_id"], dt.date(2026, 3, 2), D)
+
+
+def test_every_missing_day_is_named_in_order(spark, gappy):
+    with pytest.raises(SourceError) as info:
+        read_table(spark, gappy, "clients_daily", ["client_id"], dt.date(2026, 2, 27), D, allow_missing_days=2)
+    # [02-27, 03-04] = 6 days; present 03-01, 03-02, 03-04 -> 3 missing, 2 tolerated
+    assert str(info.value).startswith("missing partitions of clients_daily: 2026-02-27, 2026-02-28, 2026-03-03 ")
+
+
+def test_allow_missing_days_tolerates_up_to_n_and_discovery_touches_only_the_window(spark, gappy):
+    df = read_table(spark, gappy, "clients_daily", ["locale", "submission_date"], dt.date(2026, 3, 2), D,
+                    allow_missing_days=1)
+    # the corrupt 02-20 layout and the garbage 03-05 file are outside the window: a reader that listed the
+    # whole table fails on the conflicting partition columns, one that read them fails on the bytes
+    assert sorted((r.locale, r.submission_date.isoformat()) for r in df.collect()) == [
+        ("de", "2026-03-02"), ("fr", "2026-03-04")]
+    listed = {f.split("/submission_date=")[1].split("/")[0] for f in df.inputFiles()}
+    assert listed == {"2026-03-02", "2026-03-04"}
+
+
+def test_whole_table_listing_would_have_hit_the_corrupt_days(spark, gappy):
+    # guards the test above: the planted out-of-window damage really breaks a whole-table read
+    with pytest.raises(Exception, match="(?i)conflicting|partition"):
+        spark.read.option("basePath", f"{gappy}/clients_daily").parquet(f"{gappy}/clients_daily").count()
+
+
+def test_allow_missing_days_flag_is_a_non_negative_integer():
+    import argparse
+
+    from taar_etl.spark.io import add_source_arguments
+
+    parser = add_source_arguments(argparse.ArgumentParser())
+    assert parser.parse_args([]).allow_missing_days == 0
+    assert parser.parse_args(["--allow-missing-days", "3"]).allow_missing_days == 3
+    for bad in ("-1", "x"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--allow-missing-days", bad])
+
+
 def test_xxhash_order_matches_an_independent_xxh64(spark):
     df = spark.createDataFrame([("c1", "a@x"), ("c2", "b@x"), ("ü-client", "{1234}")], ["client_id", "addon_id"])
     got = {(r.client_id, r.addon_id): r.h

@@ -101,7 +101,8 @@ def daily(spark, tmp_path_factory):
     from taar_etl.spark.io import read_table
 
     root = write_tables(tmp_path_factory.mktemp("telemetry"), clients_daily=ROWS)
-    return read_table(spark, root, "clients_daily", list(job.SOURCE_COLUMNS), *job.window(D, 90))
+    return read_table(spark, root, "clients_daily", list(job.SOURCE_COLUMNS), *job.window(D, 90),
+                      allow_missing_days=90)  # a few hand-built days
 
 
 def test_client_items_of_the_latest_sampled_filtered_rows(daily):
@@ -121,7 +122,7 @@ def test_index_interactions_numbers_clients_and_items_densely(daily):
 
 # --------------------------------------------------------------------------- whole runs on synthetic data
 
-SMALL = ["--grid", "none", "--rank", "8", "--max-iter", "5", "--checkpoint-interval", "2"]
+SMALL = ["--grid", "none", "--rank", "8", "--max-iter", "5"]
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +171,8 @@ def test_planted_structure_beats_popularity_on_the_holdout(first_run, synthetic_
     assert model["ndcg@10"] > popularity["ndcg@10"]
     assert sidecar["params"]["selected"] == {"rank": 8, "reg_param": 0.1, "alpha": 10.0}
     assert sidecar["inputs"]["test_users"] == ev["n_users"]
+    # one configuration: no sample, fitted once on every training user
+    assert sidecar["params"]["search"]["sampled"] is False and sidecar["params"]["search"]["fits"] == 1
 
 
 def test_artifacts_round_trip_into_the_service_recommender(first_run, synthetic_small):
@@ -200,12 +203,15 @@ def test_spark_model_is_archived_in_the_etl_store(first_run, synthetic_small):
     assert metadata["class"] == "org.apache.spark.ml.recommendation.ALSModel" and metadata["rank"] == 8
 
 
-def test_rerun_with_other_partitioning_gives_byte_identical_artifacts(first_run, synthetic_small, inputs,
-                                                                      tmp_path):
+def test_rerun_with_one_partition_gives_byte_identical_artifacts_at_4_blocks(first_run, synthetic_small, inputs,
+                                                                              tmp_path):
+    # first_run: the session's 4 shuffle partitions and the default --num-blocks 4; here every shuffle of
+    # the job (and so the ALS input) has a single partition, at the same 4 blocks
     _, first_models, _ = first_run
+    assert job.build_parser().parse_args(["--date", "2026-01-01"]).num_blocks == 4
     models = tmp_path / "models"
     shutil.copytree(inputs, models)
-    assert run_main(synthetic_small, models, tmp_path / "etl", "--shuffle-partitions", "3",
+    assert run_main(synthetic_small, models, tmp_path / "etl", "--shuffle-partitions", "1",
                     "--no-archive-model") == 0
     for key in ("item_matrix", "addon_mapping", "metrics"):
         assert dated_bytes(models, key, synthetic_small.end_date) == \
@@ -225,6 +231,35 @@ def test_explicit_grid_selects_on_validation_without_refit(spark, synthetic_smal
     matrix, _ = read_artifact(open_model_store(str(models)), "item_matrix")
     assert {len(row["features"]) for row in matrix} == {best["params"]["rank"]}
     assert not (tmp_path / "etl" / "archive").exists()
+
+
+def test_grid_search_on_a_user_sample_is_reported_and_the_winner_refitted_on_all(spark, synthetic_small, inputs,
+                                                                                tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(inputs, models)
+    fits = []
+
+    def counting_fit(ratings, params, **kwargs):
+        fitted = als.fit_als(ratings, params, **kwargs)
+        fits.append((params.rank, ratings.select("user").distinct().count()))
+        return fitted
+
+    assert run_main(synthetic_small, models, tmp_path / "etl", "--grid", "rank=2,8;alpha=10", "--search-users", "400",
+                    "--no-refit-full", "--no-archive-model", fit=counting_fit) == 0
+    sidecar = decode(dated_bytes(models, "metrics", synthetic_small.end_date), "x.bz2")
+    search, n_users = sidecar["params"]["search"], sidecar["inputs"]["clients"]
+    assert search["sampled"] and search["training_users"] == n_users and search["max_users"] == 400
+    # rate = 400 / n_users, rounded to the 10^-6 hash buckets sample_clients compares against
+    assert search["rate"] == round(400 / n_users * 1_000_000) / 1_000_000
+    assert search["fits"] == 2 and search["sweeps"] == 2 * 5
+    assert search["interaction_sweeps"] == search["sample_interactions"] * 2 * 5
+    assert search["selected"] == sidecar["params"]["selected"]
+    # two fits on the sample (a few hundred users), then the winner once on every training user
+    (r1, sampled1), (r2, sampled2), (winner, everyone) = fits
+    assert (r1, r2) == (2, 8) and sampled1 == sampled2 < n_users / 2 and everyone == n_users
+    assert winner == search["selected"]["rank"]
+    matrix, _ = read_artifact(open_model_store(str(models)), "item_matrix")
+    assert {len(row["features"]) for row in matrix} == {winner}
 
 
 def shuffled_fit(*args, **kwargs):
@@ -261,7 +296,8 @@ def test_empty_window_fails_loudly_and_publishes_nothing(spark, synthetic_small,
     argv = ["--date", old.isoformat(), "--model-store", str(models), "--etl-store", str(tmp_path / "etl"),
             "--source", str(synthetic_small.telemetry), *SMALL]
     assert job.main(argv) == 1
-    assert "no interaction" in capsys.readouterr().out
+    # the 90 days [2019-10-04, 2020-01-01] are all missing, named oldest first
+    assert "missing partitions of clients_daily: 2019-10-04, 2019-10-05, " in capsys.readouterr().out
     assert open_model_store(str(models)).stat(artifacts.get("item_matrix").name) is None
 
 
@@ -282,7 +318,8 @@ def test_colliding_item_ids_fail_with_exit_3_on_request(synthetic_small, tmp_pat
 
 
 @pytest.mark.parametrize("flag,value", [("--grid", "rank=x"), ("--eval-k", "0"), ("--sample-id-max", "101"),
-                                        ("--checkpoint-interval", "0"), ("--on-collision", "keep")])
+                                        ("--num-blocks", "0"), ("--search-users", "0"),
+                                        ("--on-collision", "keep")])
 def test_bad_flags_exit_2(synthetic_small, tmp_path, flag, value):
     try:
         code = run_main(synthetic_small, tmp_path / "models", tmp_path / "etl", flag, value)

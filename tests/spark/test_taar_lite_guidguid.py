@@ -146,7 +146,7 @@ def test_main_publishes_a_loadable_model_identically_across_partitionings(spark,
 def test_main_fails_loudly_on_an_empty_window(spark, tmp_path, source, capsys):
     s = _store(tmp_path / "models")
     assert job.main(_argv(s, source, "--date", "2026-05-01", "--allow-latest-inputs")) == 1
-    assert "no sampled client" in capsys.readouterr().out
+    assert "missing partitions of clients_daily: 2026-04-30, 2026-05-01" in capsys.readouterr().out
     assert s.stat(artifacts.get("coinstall").name) is None
 
 

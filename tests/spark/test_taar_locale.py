@@ -58,7 +58,9 @@ def source(tmp_path_factory):
 def daily(spark, source):
     from taar_etl.spark.io import read_table
 
-    return read_table(spark, source, "clients_daily", list(job.SOURCE_COLUMNS), *job.window(D, 28))
+    # the hand-built rows cover a few days of the 28-day window
+    return read_table(spark, source, "clients_daily", list(job.SOURCE_COLUMNS), *job.window(D, 28),
+                      allow_missing_days=28)
 
 
 @pytest.fixture()
@@ -241,7 +243,7 @@ def test_keyed_noisy_model_from_spark_rows(daily):
 def _argv(store, source, *extra, dev_key=True):
     # default --cadence-days 7: D (a Saturday) is a release day; 4 releases x 0.4 = 1.6 per 28 days
     return ["--date", D.isoformat(), "--model-store", store.uri, "--source", source, "--spark-master", "local[2]",
-            "--min-locale-clients", "1", *(["--dev-noise-key"] if dev_key else []), *extra]
+            "--min-locale-clients", "1", "--allow-missing-days", "28", *(["--dev-noise-key"] if dev_key else []), *extra]
 
 
 def test_main_publishes_a_model_the_service_loads_and_is_idempotent_across_partitionings(spark, tmp_path, source):
@@ -353,7 +355,8 @@ def test_main_fails_loudly_on_an_empty_window(spark, store, source, capsys):
     # 2026-07-04 is D + 98 days, a Saturday: a release day
     code = job.main(_argv(store, source, "--date", "2026-07-04", "--allow-latest-inputs"))
     assert code == 1
-    assert "passed the client filter" in capsys.readouterr().out
+    # every day of [06-03, 06-30] is missing: tolerated (--allow-missing-days 28), but nothing to read
+    assert "no partition of clients_daily in [2026-06-03, 2026-06-30]" in capsys.readouterr().out
     assert store.stat(artifacts.get("locale").name) is None
 
 
