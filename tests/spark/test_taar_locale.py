@@ -355,8 +355,8 @@ def test_main_fails_loudly_on_an_empty_window(spark, store, source, capsys):
     # 2026-07-04 is D + 98 days, a Saturday: a release day
     code = job.main(_argv(store, source, "--date", "2026-07-04", "--allow-latest-inputs"))
     assert code == 1
-    # every day of [06-03, 06-30] is missing: tolerated (--allow-missing-days 28), but nothing to read
-    assert "no partition of clients_daily in [2026-06-03, 2026-06-30]" in capsys.readouterr().out
+    # every day of [06-07, 07-04] (28 days ending at D) is missing: tolerated (--allow-missing-days 28), but nothing to read
+    assert "no partition of clients_daily in [2026-06-07, 2026-07-04]" in capsys.readouterr().out
     assert store.stat(artifacts.get("locale").name) is None
 
 
