@@ -65,16 +65,15 @@ from taar_etl.report import Table, write_evaluation_report
 from taar_etl.spark import als
 from taar_etl.spark.interactions import (
     Item,
-    catalogue_items,
     client_items,
     index_interactions,
     leave_last_out,
+    read_catalogue_items,
 )
 from taar_etl.spark.io import (
     add_source_arguments,
     job_session,
     publish_job_metrics,
-    read_input_artifact,
     read_source,
 )
 
@@ -157,12 +156,7 @@ def run(options, fit=None) -> None:
     fit = fit or als.fit_als
     grid = check_options(options)
     store = open_model_store(options.model_store)
-    whitelist, _ = read_input_artifact(store, "whitelist", options.date, options.allow_latest_inputs)
-    amo_db, _ = read_input_artifact(store, "amo_database", options.date, options.allow_latest_inputs)
-    items = catalogue_items(whitelist, amo_db, options.on_collision)
-    if not items:
-        raise JobFailed(f"no item: none of the {len(whitelist)} whitelisted GUIDs is an AMO webextension "
-                        "with a unique item id")
+    items = read_catalogue_items(store, options.date, options.allow_latest_inputs, options.on_collision)
     guids = [i.guid for i in items]
     start, end = window(options.date, options.window_days)
     with job_session(JOB, options.spark_master, options.shuffle_partitions) as spark:

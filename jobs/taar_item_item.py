@@ -52,12 +52,11 @@ from taar.storage import open_model_store
 from taar_etl.cli import JobFailed, UsageError, ValidationError, base_parser, run_job, window
 from taar_etl.report import Table, write_evaluation_report
 from taar_etl.spark import als, ease
-from taar_etl.spark.interactions import catalogue_items, client_items, index_interactions, leave_last_out
+from taar_etl.spark.interactions import client_items, index_interactions, leave_last_out, read_catalogue_items
 from taar_etl.spark.io import (
     add_source_arguments,
     job_session,
     publish_job_metrics,
-    read_input_artifact,
     read_source,
 )
 
@@ -133,12 +132,7 @@ def run(options, fit=None) -> None:
     fit = fit or ease.fit
     lambdas = check_options(options)
     store = open_model_store(options.model_store)
-    whitelist, _ = read_input_artifact(store, "whitelist", options.date, options.allow_latest_inputs)
-    amo_db, _ = read_input_artifact(store, "amo_database", options.date, options.allow_latest_inputs)
-    items = catalogue_items(whitelist, amo_db, options.on_collision)
-    if not items:
-        raise JobFailed(f"no item: none of the {len(whitelist)} whitelisted GUIDs is an AMO webextension "
-                        "with a unique item id")
+    items = read_catalogue_items(store, options.date, options.allow_latest_inputs, options.on_collision)
     if len(items) > options.max_items:
         raise ValidationError(f"{len(items)} items exceed --max-items {options.max_items}: the driver would hold "
                               f"{len(items)}x{len(items)} dense matrices")

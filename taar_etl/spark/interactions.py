@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from taar.eligibility import client_filter_column, eligible_column
 from taar.hashing import item_id
 from taar_etl import amo
-from taar_etl.cli import ValidationError
-from taar_etl.spark.io import latest_row_per_client, xxhash_order
+from taar_etl.cli import JobFailed, ValidationError
+from taar_etl.spark.io import latest_row_per_client, read_input_artifact, xxhash_order
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,20 @@ def catalogue_items(whitelist, amo_database, on_collision: str = "drop") -> list
         logger.warning("dropping %d GUIDs whose item ids collide (%s)",
                        sum(len(gs) for gs in clashes.values()), detail)
     return [Item(g, item_id(g), amo.name(amo_database[g]) or "Unknown") for g in guids if item_id(g) not in clashes]
+
+
+def read_catalogue_items(store, date, allow_latest: bool, on_collision: str) -> list[Item]:
+    """:func:`catalogue_items` of the ``whitelist`` and ``amo_database`` dated ``date`` in ``store``.
+
+    Raises :class:`JobFailed` when no whitelisted GUID is an AMO webextension with a unique item id.
+    """
+    whitelist, _ = read_input_artifact(store, "whitelist", date, allow_latest)
+    amo_db, _ = read_input_artifact(store, "amo_database", date, allow_latest)
+    items = catalogue_items(whitelist, amo_db, on_collision)
+    if not items:
+        raise JobFailed(f"no item: none of the {len(whitelist)} whitelisted GUIDs is an AMO webextension "
+                        "with a unique item id")
+    return items
 
 
 # --------------------------------------------------------------------------- interactions (Spark)

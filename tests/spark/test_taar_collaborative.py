@@ -18,7 +18,7 @@ from taar.publishing import producer_tag, publish, read_artifact
 from taar.recommenders import build_engine
 from taar.storage import open_model_store
 from taar_etl.cli import ValidationError, run_job
-from taar_etl.spark import als
+from taar_etl.spark import als, interactions
 from tests.fixtures.collaborative_inputs import publish_inputs
 from tests.fixtures.parquet_builders import addon, client_row, write_tables
 from tests.fixtures.spark import py_xxhash
@@ -56,18 +56,18 @@ AMO = {g: _amo_record(g, name, webext) for g, name, webext in [
 def test_items_are_whitelisted_amo_webextensions_in_guid_order():
     # "Aa" and "BB" share Java hashCode 2112 (65·31 + 97 = 66·31 + 66): both dropped.
     # n@x is not a webextension, d@x is not whitelisted, z@x is not in AMO.
-    items = job.catalogue_items(["n@x", "b@x", "Aa", "z@x", "a@x", "BB"], AMO)
-    assert items == [job.Item("a@x", item_id("a@x"), "Alpha"), job.Item("b@x", item_id("b@x"), "Unknown")]
+    items = interactions.catalogue_items(["n@x", "b@x", "Aa", "z@x", "a@x", "BB"], AMO)
+    assert items == [interactions.Item("a@x", item_id("a@x"), "Alpha"), interactions.Item("b@x", item_id("b@x"), "Unknown")]
 
 
 def test_item_id_collision_fails_the_run_on_request():
     assert item_id("Aa") == item_id("BB") == 2112
     with pytest.raises(ValidationError, match="Aa, BB"):
-        job.catalogue_items(["Aa", "BB", "a@x"], AMO, on_collision="fail")
+        interactions.catalogue_items(["Aa", "BB", "a@x"], AMO, on_collision="fail")
 
 
 def test_artifacts_skip_items_without_factors_and_pass_the_group_validator():
-    items = [job.Item("a@x", 11, "Alpha"), job.Item("b@x", 22, "Unknown"), job.Item("c@x", 33, "Gamma")]
+    items = [interactions.Item("a@x", 11, "Alpha"), interactions.Item("b@x", 22, "Unknown"), interactions.Item("c@x", 33, "Gamma")]
     factors = np.array([[0.5, -1.0], [0.0, 0.0], [np.float32(0.1), 2.0]])
     models = job.build_artifacts(items, factors, np.array([True, False, True]))
     assert models == {
@@ -106,15 +106,15 @@ def daily(spark, tmp_path_factory):
 
 
 def test_client_items_of_the_latest_sampled_filtered_rows(daily):
-    got = sorted(tuple(r) for r in job.client_items(daily, GUIDS, sample_id_max=50)
+    got = sorted(tuple(r) for r in interactions.client_items(daily, GUIDS, sample_id_max=50)
                  .select("client_id", "guid", "install_day").collect())
     # c1: a (100), b (101) from its latest row; c4: b only (a is disabled); c5: a twice -> latest day 9
     assert got == [("c1", "a@x", 100), ("c1", "b@x", 101), ("c4", "b@x", 7), ("c5", "a@x", 9)]
 
 
 def test_index_interactions_numbers_clients_and_items_densely(daily):
-    pairs = job.client_items(daily, GUIDS, sample_id_max=50)
-    got = sorted(tuple(r) for r in job.index_interactions(pairs, GUIDS, seed=5).collect())
+    pairs = interactions.client_items(daily, GUIDS, sample_id_max=50)
+    got = sorted(tuple(r) for r in interactions.index_interactions(pairs, GUIDS, seed=5).collect())
     # clients c1 < c4 < c5 -> users 0, 1, 2; items in GUID order: a@x 0, b@x 1
     h = {c: py_xxhash(5, c) for c in ("c1", "c4", "c5")}
     assert got == [(0, 0, 100, h["c1"]), (0, 1, 101, h["c1"]), (1, 1, 7, h["c4"]), (2, 0, 9, h["c5"])]
