@@ -1,9 +1,7 @@
 """Profile store contract (SPEC §3.1, §3.6, §3.7), run against SQLite and the Bigtable emulator."""
 
 import multiprocessing
-import os
 import pickle
-import signal
 import sqlite3
 import time
 
@@ -167,11 +165,11 @@ def stalled_store(request, tmp_path, monkeypatch):
         store.ensure_table()
         store.put_many([(key(1), payload(1))], TS_1)
         assert store.get(key(1), timeout_s=5) == payload(1)
-        os.kill(emulator.proc.pid, signal.SIGSTOP)
+        emulator.freeze()
         try:
             yield store
         finally:
-            os.kill(emulator.proc.pid, signal.SIGCONT)
+            emulator.thaw()
             store.close()
 
 
