@@ -86,6 +86,32 @@ class Recommender(abc.ABC):
         """
 
 
+#: What :meth:`RowRecommender.recommend_rows` returns when it cannot recommend.
+NO_ROWS = (np.empty(0, dtype=np.int64), np.empty(0))
+
+
+class RowRecommender(Recommender):
+    """A recommender that scores rows of its own GUID tuple ``guids_`` (set by ``fit``).
+
+    Subclasses implement :meth:`recommend_rows`; :meth:`recommend` turns its rows
+    into ``(guid, score)`` pairs, and the ensemble's dense path reads the rows
+    directly, indexed through ``candidate_guids_``.
+    """
+
+    @property
+    def candidate_guids_(self) -> tuple[str, ...]:
+        """The GUID of each row: what :meth:`recommend_rows` indexes (``guids_``)."""
+        return self.guids_
+
+    @abc.abstractmethod
+    def recommend_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
+        """:meth:`recommend` as ``(rows, scores)`` arrays; :data:`NO_ROWS` when it cannot recommend."""
+
+    def recommend(self, profile: Mapping, limit: int, extra: Mapping | None = None) -> list[tuple[str, float]]:
+        best, scores = self.recommend_rows(profile, limit, extra)
+        return list(zip(map(self.guids_.__getitem__, best.tolist()), scores.tolist(), strict=True))
+
+
 def check_limit(limit) -> int:
     """Return ``limit`` as an int, or raise ValueError naming the argument."""
     if isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 0:

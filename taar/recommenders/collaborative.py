@@ -17,13 +17,12 @@ import numpy as np
 from taar.artifacts import ArtifactError
 from taar.hashing import item_id
 
-from .base import Recommender, check_limit, guid_ranks, top_indices
+from .base import NO_ROWS, RowRecommender, check_limit, guid_ranks, top_indices
 
 logger = logging.getLogger(__name__)
-_NO_ROWS = (np.empty(0, dtype=np.int64), np.empty(0))
 
 
-class CollaborativeRecommender(Recommender):
+class CollaborativeRecommender(RowRecommender):
     """Scores items by ``M · Σ_{installed} M[j]`` over ALS item factors.
 
     Attributes
@@ -107,19 +106,15 @@ class CollaborativeRecommender(Recommender):
         user = self.factors_[installed].sum(axis=0)
         return self.factors_ @ user, installed
 
-    @property
-    def candidate_guids_(self) -> tuple[str, ...]:
-        """The GUID of each row: what :meth:`recommend_rows` indexes."""
-        return self.guids_
 
     def recommend_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
         """:meth:`recommend` as ``(rows, scores)`` arrays (rows index ``candidate_guids_``)."""
         limit = check_limit(limit)
         if not self.can_recommend(profile, extra):
-            return _NO_ROWS
+            return NO_ROWS
         s, installed = self.scores(profile)
         if installed.size == 0:
-            return _NO_ROWS
+            return NO_ROWS
         # The best limit + len(installed) eligible rows, then the installed ones dropped: the same
         # rows as ranking eligible-minus-installed (eligible GUIDs are distinct, so the order is
         # total), without copying and gathering every row per request.
@@ -136,13 +131,10 @@ class CollaborativeRecommender(Recommender):
         """Readable form of :meth:`recommend_rows`: rank every eligible, not installed row."""
         s, installed = self.scores(profile)
         if installed.size == 0:
-            return _NO_ROWS
+            return NO_ROWS
         candidate = self.eligible_.copy()
         candidate[installed] = False
         rows = np.flatnonzero(candidate)
         best = rows[top_indices(s[rows], self.guid_rank_[rows], limit)]
         return best, s[best]
 
-    def recommend(self, profile: Mapping, limit: int, extra: Mapping | None = None) -> list[tuple[str, float]]:
-        best, scores = self.recommend_rows(profile, limit, extra)
-        return list(zip(map(self.guids_.__getitem__, best.tolist()), scores.tolist(), strict=True))

@@ -15,10 +15,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .base import Recommender, check_limit, guid_ranks, top_indices
+from .base import NO_ROWS, RowRecommender, check_limit, guid_ranks, top_indices
 
 
-class ItemItemRecommender(Recommender):
+class ItemItemRecommender(RowRecommender):
     """Scores items by summing the EASE neighbour weights of the installed add-ons.
 
     Attributes
@@ -78,22 +78,15 @@ class ItemItemRecommender(Recommender):
         reached = np.bincount(cols, minlength=n) > 0
         return s, reached, installed
 
-    @property
-    def candidate_guids_(self) -> tuple[str, ...]:
-        """The GUID of each row: what :meth:`recommend_rows` indexes (the ensemble's dense path)."""
-        return self.guids_
 
     def recommend_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
         """:meth:`recommend` as ``(rows, scores)`` arrays (rows index ``candidate_guids_``)."""
         limit = check_limit(limit)
         if not self.can_recommend(profile, extra):
-            return np.empty(0, dtype=np.int64), np.empty(0)
+            return NO_ROWS
         s, reached, installed = self.scores(profile)
         reached[installed] = False
         rows = np.flatnonzero(reached)
         best = rows[top_indices(s[rows], self.guid_rank_[rows], limit)]
         return best, s[best]
 
-    def recommend(self, profile: Mapping, limit: int, extra: Mapping | None = None) -> list[tuple[str, float]]:
-        best, scores = self.recommend_rows(profile, limit, extra)
-        return list(zip(map(self.guids_.__getitem__, best.tolist()), scores.tolist(), strict=True))

@@ -25,7 +25,7 @@ from scipy import sparse
 
 from taar.profile import NUMBER_FIELDS, STRING_FIELDS
 
-from .base import Recommender, check_limit, top_indices
+from .base import NO_ROWS, RowRecommender, check_limit, top_indices
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def _string(value) -> str:
     return value if isinstance(value, str) else ""
 
 
-class SimilarityRecommender(Recommender):
+class SimilarityRecommender(RowRecommender):
     """Votes ``ln(LR)`` of similar donors for their add-ons.
 
     Attributes
@@ -260,24 +260,17 @@ class SimilarityRecommender(Recommender):
                                "every %.0f s)", float(best), WEAK_LR_WARNING, WEAK_LR_WARNING_INTERVAL_S)
         return self.donor_addons_t_ @ self.point_votes_[points]
 
-    @property
-    def candidate_guids_(self) -> tuple[str, ...]:
-        """The GUIDs :meth:`recommend_rows` indexes (``guids_``)."""
-        return self.guids_
 
     def recommend_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
         """:meth:`recommend` as ``(rows, scores)`` arrays (rows index ``candidate_guids_``)."""
         limit = check_limit(limit)
         if not self.can_recommend(profile, extra):
-            return np.empty(0, dtype=np.int64), np.empty(0)
+            return NO_ROWS
         s = self.scores(profile)
         positive = np.flatnonzero(s > 0)
         best = positive[top_indices(s[positive], positive, limit)]
         return best, s[best]
 
-    def recommend(self, profile: Mapping, limit: int, extra: Mapping | None = None) -> list[tuple[str, float]]:
-        best, scores = self.recommend_rows(profile, limit, extra)
-        return list(zip(map(self.guids_.__getitem__, best.tolist()), scores.tolist(), strict=True))
 
 
 def reference_scores(donors: Sequence[Mapping], lr_curves: Sequence, profile: Mapping) -> dict[str, float]:
