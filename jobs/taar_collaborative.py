@@ -66,8 +66,8 @@ from taar_etl.spark import als
 from taar_etl.spark.interactions import (
     Item,
     client_items,
+    evaluation_split,
     index_interactions,
-    leave_last_out,
     read_catalogue_items,
 )
 from taar_etl.spark.io import (
@@ -187,16 +187,8 @@ def train_and_evaluate(indexed, items, grid, options, fit) -> Outcome:
     from pyspark.sql import functions as F
 
     n_items, k = len(items), options.eval_k
-    n_interactions = indexed.count()
-    if n_interactions == 0:
-        raise JobFailed(f"no interaction: no client in the {options.window_days}-day window has an eligible item")
-    train, holdout = leave_last_out(indexed, options.eval_users)
-    train = train.cache()
-    try:
-        sets = als.collect_eval_sets(train, holdout, n_items)
-        validation, test = sets.get("validation"), sets.get("test")
-        if test is None:
-            raise JobFailed("no test user: no client has two or more eligible items, the model cannot be gated")
+    with evaluation_split(indexed, n_items, options.eval_users, options.window_days) as (
+            n_interactions, train, validation, test):
         popularity = als.item_counts(train, n_items)
         fit_options = {"max_iter": options.max_iter, "seed": options.seed, "num_blocks": options.num_blocks}
         n_users = indexed.select("user").distinct().count()  # every user keeps >= 1 training item
@@ -206,8 +198,6 @@ def train_and_evaluate(indexed, items, grid, options, fit) -> Outcome:
                   "clients": n_users, "interactions": n_interactions,
                   "training_interactions": int(popularity.sum()),
                   "validation_users": len(validation) if validation is not None else 0, "test_users": len(test)}
-    finally:
-        train.unpersist()
     candidates = best.known_items
     curves = {"collaborative": als.evaluate_curves(test, als.item_sum_scorer(best.item_factors), k, candidates),
               "popularity": als.evaluate_curves(test, als.popularity_scorer(popularity), k, candidates)}

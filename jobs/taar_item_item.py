@@ -52,7 +52,12 @@ from taar.storage import open_model_store
 from taar_etl.cli import JobFailed, UsageError, ValidationError, base_parser, run_job, window
 from taar_etl.report import Table, write_evaluation_report
 from taar_etl.spark import als, ease
-from taar_etl.spark.interactions import client_items, index_interactions, leave_last_out, read_catalogue_items
+from taar_etl.spark.interactions import (
+    client_items,
+    evaluation_split,
+    index_interactions,
+    read_catalogue_items,
+)
 from taar_etl.spark.io import (
     add_source_arguments,
     job_session,
@@ -160,19 +165,9 @@ def train_and_evaluate(indexed, n_items: int, lambdas, options, fit) -> Outcome:
     from pyspark.sql import functions as F
 
     k = options.eval_k
-    n_interactions = indexed.count()
-    if n_interactions == 0:
-        raise JobFailed(f"no interaction: no client in the {options.window_days}-day window has an eligible item")
-    train, holdout = leave_last_out(indexed, options.eval_users)
-    train = train.cache()
-    try:
-        sets = als.collect_eval_sets(train, holdout, n_items)
-        validation, test = sets.get("validation"), sets.get("test")
-        if test is None:
-            raise JobFailed("no test user: no client has two or more eligible items, the model cannot be gated")
+    with evaluation_split(indexed, n_items, options.eval_users, options.window_days) as (
+            n_interactions, train, validation, test):
         gram = ease.gram_matrix(train, n_items)
-    finally:
-        train.unpersist()
     popularity = np.diag(gram).copy()
     best, selection = ease.select_lambda(gram, lambdas, validation, k=k, top_k=options.neighbours, fit=fit)
     counts = {"items": n_items, "items_trained": int(np.count_nonzero(popularity)),

@@ -9,6 +9,7 @@ split by hash into validation and test users.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from taar.eligibility import client_filter_column, eligible_column
 from taar.hashing import item_id
 from taar_etl import amo
 from taar_etl.cli import JobFailed, ValidationError
+from taar_etl.spark.als import collect_eval_sets
 from taar_etl.spark.io import latest_row_per_client, read_input_artifact, xxhash_order
 
 logger = logging.getLogger(__name__)
@@ -153,3 +155,26 @@ def leave_last_out(interactions, eval_users: int, key_col: str = "user_hash",
         .select("user", "item", "role")
     )
     return train, holdout
+
+
+@contextlib.contextmanager
+def evaluation_split(indexed, n_items: int, eval_users: int, window_days: int):
+    """``(n_interactions, train, validation, test)`` of the indexed interactions (SPEC §8.9 step 3).
+
+    ``train`` (:func:`leave_last_out`) stays cached inside the ``with`` block;
+    ``validation`` and ``test`` are the driver-side evaluation sets
+    (``validation`` may be None). Raises :class:`JobFailed` when there is no
+    interaction, or no test user to gate the model on.
+    """
+    n_interactions = indexed.count()
+    if n_interactions == 0:
+        raise JobFailed(f"no interaction: no client in the {window_days}-day window has an eligible item")
+    train, holdout = leave_last_out(indexed, eval_users)
+    train = train.cache()
+    try:
+        sets = collect_eval_sets(train, holdout, n_items)
+        if sets.get("test") is None:
+            raise JobFailed("no test user: no client has two or more eligible items, the model cannot be gated")
+        yield n_interactions, train, sets.get("validation"), sets["test"]
+    finally:
+        train.unpersist()
