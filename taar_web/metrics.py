@@ -10,41 +10,84 @@ Cheap by default: every timing also goes to the current request's
 ``request.summary`` line (one line per request, not one per metric), and the
 ``logging`` backend aggregates: it writes one ``taar.metrics`` line per interval
 (counter sums, timing count/mean/max, last gauge values) instead of a line per
-call. statsd is the production backend (RELEASING.md); during a request its
-metrics go into one pipeline sent as one UDP packet (or a few) when the request
-ends, instead of one ``sendto`` per metric.
+call. statsd is the production backend (RELEASING.md). During a request a
+metric call only appends to the request's batch; when the request ends the
+batch goes to the backends at once (statsd: one UDP packet, or a few, instead
+of one ``sendto`` per metric).
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
+import socket
 import threading
 import time
 
 from markus.backends import BackendBase
-from markus.main import MetricsInterface
+from markus.main import MetricsInterface, MetricsRecord
 
 PREFIX = "taar"
 
+logger = logging.getLogger(__name__)
+
 
 class Metrics(MetricsInterface):
-    """A markus interface publishing to its own backends instead of the global ones."""
+    """A markus interface publishing to its own backends instead of the global ones.
+
+    Inside a request (between :func:`begin_request` and :func:`end_request`) a
+    call only appends a tuple to the request's batch; the batch reaches the
+    backends when the request ends, in call order, through a backend's
+    ``emit_batch`` when it has one (statsd: one packet) and as markus records
+    otherwise. Outside a request every call is published at once.
+    """
 
     def __init__(self, backends, prefix: str = PREFIX, on_timing=None):
         super().__init__(prefix)
         self.backends = list(backends)
         self.on_timing = on_timing  # (name, ms): the app passes request_log.add_timing
+        self._key_prefix = prefix + "." if prefix else ""
+
+    def _record(self, stat_type: str, stat: str, value, tags) -> None:
+        if not self.backends:
+            return
+        batch = _batch.get()
+        if batch is None:
+            self._publish(MetricsRecord(stat_type, self._key_prefix + stat, value, tags))
+        else:
+            batch.append((self, stat_type, self._key_prefix + stat, value, tags))
+
+    def incr(self, stat, value=1, tags=None):
+        self._record("incr", stat, value, tags)
+
+    def gauge(self, stat, value, tags=None):
+        self._record("gauge", stat, value, tags)
+
+    def timing(self, stat, value, tags=None):
+        if self.on_timing is not None:
+            self.on_timing(stat, value)
+        self._record("timing", stat, value, tags)
+
+    def histogram(self, stat, value, tags=None):
+        self._record("histogram", stat, value, tags)
 
     def _publish(self, record):
-        if record.stat_type == "timing" and self.on_timing is not None:
-            self.on_timing(record.key[len(self.prefix) + 1:], record.value)
         backends = self.backends
         if len(backends) == 1:  # nobody else sees this record: no defensive copy
             backends[0].emit_to_backend(record)
             return
         for backend in backends:
             backend.emit_to_backend(record.__copy__())
+
+    def publish_batch(self, items: list[tuple]) -> None:
+        """Hand a request's ``(stat_type, key, value, tags)`` items to every backend."""
+        for backend in self.backends:
+            emit_batch = getattr(backend, "emit_batch", None)
+            if emit_batch is not None and not backend.filters:
+                emit_batch(items)
+            else:  # a record per item and backend, through the backend's filters
+                for item in items:
+                    backend.emit_to_backend(MetricsRecord(*item))
 
     def timer(self, stat, tags=None):
         """markus' ``timer`` (milliseconds, nothing recorded when the block raises), as a plain object.
@@ -67,7 +110,7 @@ class _Timer:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
-            self.metrics.timing(self.stat, value=(time.perf_counter() - self.started) * 1000.0, tags=self.tags)
+            self.metrics.timing(self.stat, (time.perf_counter() - self.started) * 1000.0, self.tags)
         return False
 
 
@@ -75,53 +118,76 @@ _batch: contextvars.ContextVar[list | None] = contextvars.ContextVar("taar_metri
 
 
 def begin_request() -> contextvars.Token:
-    """Batch this request's statsd metrics until :func:`end_request`."""
+    """Hold this request's metrics until :func:`end_request`."""
     return _batch.set([])
 
 
 def end_request(token: contextvars.Token) -> None:
-    """Send the request's batched statsd metrics (one packet per ~512 bytes)."""
-    pipelines = _batch.get() or []
+    """Publish the request's metrics (statsd: one packet per ~512 bytes); never raises."""
+    batch = _batch.get() or []
     _batch.reset(token)
-    for pipeline in pipelines:
+    if not batch:
+        return
+    owners: dict[int, tuple[Metrics, list]] = {}
+    for metrics, *item in batch:  # one app's Metrics in practice; grouped in call order
+        owners.setdefault(id(metrics), (metrics, []))[1].append(tuple(item))
+    for metrics, items in owners.values():
         try:
-            pipeline.send()
-        except OSError:  # metrics must never fail a request
-            pass
+            metrics.publish_batch(items)
+        except Exception:  # metrics must never fail a request
+            logger.warning("dropped %d metrics of a request", len(items), exc_info=True)
+
+
+def statsd_line(stat_type: str, key: str, value) -> str:
+    """One statsd protocol line: ``key:value|c``, ``|ms`` (timings and histograms) or ``|g``."""
+    if stat_type == "incr":
+        return f"{key}:{value}|c"
+    if stat_type == "gauge":
+        # a leading minus means "decrement" to statsd: set a negative gauge from zero
+        return f"{key}:0|g\n{key}:{value}|g" if value < 0 else f"{key}:{value}|g"
+    return f"{key}:{value:0.6f}|ms"
 
 
 class BatchingStatsdMetrics(BackendBase):
-    """markus' statsd backend, batched per request (tags are dropped, as statsd has none)."""
+    """A statsd backend: a request's metrics leave in one UDP packet (tags are dropped, as statsd has none).
+
+    Lines are joined with newlines into packets of at most ``statsd_maxudpsize``
+    bytes (512: safe for any path MTU); a line is never split. Outside a request
+    each metric is sent at once. Send errors are swallowed: metrics must never
+    fail a request.
+    """
 
     def __init__(self, options=None, filters=None):
-        from statsd import StatsClient
-
         super().__init__(options, filters)
         options = options or {}
-        self.client = StatsClient(host=options.get("statsd_host", "localhost"),
-                                  port=options.get("statsd_port", 8125), prefix=options.get("statsd_prefix"),
-                                  maxudpsize=options.get("statsd_maxudpsize", 512))
-        self._pipeline = contextvars.ContextVar(f"taar_statsd_pipeline_{id(self)}", default=None)
+        host, port = options.get("statsd_host", "localhost"), int(options.get("statsd_port", 8125))
+        prefix = options.get("statsd_prefix")
+        self.prefix = prefix + "." if prefix else ""
+        self.maxudpsize = int(options.get("statsd_maxudpsize", 512))
+        family, _, _, _, self.address = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0]
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
 
-    def _target(self):
-        batch = _batch.get()
-        if batch is None:
-            return self.client
-        pipeline = self._pipeline.get()
-        if pipeline is None or pipeline not in batch:
-            pipeline = self.client.pipeline()
-            self._pipeline.set(pipeline)
-            batch.append(pipeline)
-        return pipeline
+    def _send(self, packet: str) -> None:
+        try:
+            self.sock.sendto(packet.encode("ascii", "replace"), self.address)
+        except OSError:
+            pass
 
     def emit(self, record):
-        target = self._target()
-        if record.stat_type == "incr":
-            target.incr(record.key, record.value)
-        elif record.stat_type == "gauge":
-            target.gauge(record.key, record.value)
-        elif record.stat_type in ("timing", "histogram"):
-            target.timing(record.key, record.value)
+        self._send(statsd_line(record.stat_type, self.prefix + record.key, record.value))
+
+    def emit_batch(self, items) -> None:
+        prefix, limit = self.prefix, self.maxudpsize
+        packet, size = [], -1  # size counts the newlines between lines
+        for stat_type, key, value, _tags in items:
+            line = statsd_line(stat_type, prefix + key, value)
+            if packet and size + 1 + len(line) > limit:
+                self._send("\n".join(packet))
+                packet, size = [], -1
+            packet.append(line)
+            size += 1 + len(line)
+        if packet:
+            self._send("\n".join(packet))
 
 
 class AggregatingLoggingMetrics(BackendBase):

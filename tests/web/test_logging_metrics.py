@@ -232,3 +232,108 @@ def test_every_backend_gets_its_own_record():
     metrics.incr("test_client")
     assert first.records[0] is not second.records[0]
     assert first.count("taar.test_client") == second.count("taar.test_client") == 1
+
+
+def _udp_receiver():
+    import socket
+
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(2.0)
+    return receiver
+
+
+def test_statsd_packets_stay_under_the_size_limit_and_never_split_a_line():
+    from taar_web import metrics as metrics_module
+    from taar_web.metrics import BatchingStatsdMetrics
+
+    receiver = _udp_receiver()
+    try:
+        backend = BatchingStatsdMetrics(options={"statsd_host": "127.0.0.1", "statsd_maxudpsize": 100,
+                                                 "statsd_port": receiver.getsockname()[1]})
+        metrics = Metrics([backend])
+        token = metrics_module.begin_request()
+        for i in range(10):
+            metrics.timing(f"t{i}", i)  # "taar.t0:0.000000|ms" is 19 characters
+        metrics.gauge("g", -2)  # negative gauge: reset to 0 first, both lines in one packet
+        metrics_module.end_request(token)
+        # 10 lines of 19 + 9 newlines... packed greedily under 100 bytes: 5 lines = 5 * 19 + 4 = 99 bytes
+        packets = [receiver.recv(4096).decode() for _ in range(3)]
+    finally:
+        receiver.close()
+    assert [len(p) for p in packets[:2]] == [99, 99]
+    assert "\n".join(packets).split("\n") == [f"taar.t{i}:{i}.000000|ms" for i in range(10)] + [
+        "taar.g:0|g", "taar.g:-2|g"]
+
+
+def test_metrics_within_a_request_reach_the_backends_when_it_ends_each_its_own_record():
+    from taar_web import metrics as metrics_module
+
+    first, second = RecordingBackend(), RecordingBackend()
+    metrics = Metrics([first, second])
+    token = metrics_module.begin_request()
+    metrics.incr("profile_not_found", tags=["a:b"])
+    metrics.timing("profile_fetch", 1.5)
+    assert first.records == [] and second.records == []  # held until the request ends
+    metrics_module.end_request(token)
+    assert [(r.stat_type, r.key, r.value, r.tags) for r in first.records] == [
+        ("incr", "taar.profile_not_found", 1, ["a:b"]), ("timing", "taar.profile_fetch", 1.5, [])]
+    assert [(r.key, r.value) for r in second.records] == [(r.key, r.value) for r in first.records]
+    assert all(a is not b for a, b in zip(first.records, second.records, strict=True))
+
+
+def test_backend_filters_still_apply_to_a_request_batch():
+    from markus.filters import AddTagFilter
+
+    from taar_web import metrics as metrics_module
+    from taar_web.metrics import BatchingStatsdMetrics
+
+    class Recording(BatchingStatsdMetrics):  # has the batch fast path, which filters must bypass
+        def __init__(self, filters):
+            super().__init__(options={"statsd_host": "127.0.0.1"}, filters=filters)
+            self.records = []
+
+        def emit(self, record):
+            self.records.append(record)
+
+    backend = Recording([AddTagFilter("env:test")])
+    metrics = Metrics([backend])
+    token = metrics_module.begin_request()
+    metrics.incr("x")
+    metrics_module.end_request(token)
+    assert [(r.key, r.tags) for r in backend.records] == [("taar.x", ["env:test"])]
+
+
+def test_a_failing_backend_does_not_fail_the_request(caplog):
+    from markus.backends import BackendBase
+
+    from taar_web import metrics as metrics_module
+
+    class Broken(BackendBase):
+        def emit(self, record):
+            raise RuntimeError("backend down")
+
+    metrics = Metrics([Broken()])
+    token = metrics_module.begin_request()
+    metrics.incr("x")
+    metrics_module.end_request(token)  # must not raise
+    assert any("dropped 1 metrics" in r.getMessage() for r in caplog.records)
+
+
+def test_generated_request_ids_differ_between_forked_workers():
+    import os
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a gunicorn worker is a fork of the master: its ids must not repeat the parent's
+        try:
+            os.write(write, "".join(request_log.new_request_id() for _ in range(3)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    child = os.read(read, 4096).decode()
+    os.waitpid(pid, 0)
+    os.close(read)
+    parent = "".join(request_log.new_request_id() for _ in range(3))
+    assert len(child) == len(parent) == 96 and child != parent
+    assert len({child[i:i + 32] for i in range(0, 96, 32)} | {parent[i:i + 32] for i in range(0, 96, 32)}) == 6
