@@ -17,7 +17,8 @@ What it does, all on 127.0.0.1:
 2. Run 1 (SQLite profiles): ``gunicorn -c python:taar_web.gunicorn_conf taar_web.wsgi:app``
    with WORKERS=2 THREADS=8 and statsd metrics (bound to loopback). Single-request
    median: one connection, one request at a time. CPU ms per request: the workers'
-   user+system CPU during the per-user run divided by its requests. Cold start = process start to the
+   user+system CPU during a load divided by its requests, for /__lbheartbeat__ and the
+   per-user route (run 2 adds the emulator's CPU per request). Cold start = process start to the
    first ``/__heartbeat__`` 200 (S5). Load, one endpoint after the other, with
    ``--connections`` keep-alive connections for ``--duration`` seconds each:
    ``/__lbheartbeat__``, the per-user route (90 % known, 10 % unknown ids), TAARlite
@@ -339,6 +340,24 @@ def run_python(base: str, paths: list[str], duration_s: float, connections: int,
                       round(latencies[-1] * 1000, 2) if latencies else 0.0, len(failures))
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured_load(server, paths, duration_s, connections, label, client, cpu: dict, extra_pids=()) -> LoadResult:
+    """:func:`run_load`, recording CPU ms per request of the workers (and of ``extra_pids``) in ``cpu[label]``."""
+    workers, extra = server.cpu_seconds(), [process_cpu_seconds(pid) for pid in extra_pids]
+    result = run_load(server.base, paths, duration_s, connections, label, client)
+    n = max(1, result.requests)
+    cpu[label] = {"workers_ms": round((server.cpu_seconds() - workers) * 1000 / n, 3)}
+    for pid, before in zip(extra_pids, extra, strict=True):
+        cpu[label][f"pid_{pid}_ms"] = round((process_cpu_seconds(pid) - before) * 1000 / n, 3)
+    print(f"  {'':<34} CPU per request: {cpu[label]}", flush=True)
+    return result
+
+
 def run_load(base, paths, duration_s, connections, label, client) -> LoadResult:
     result = (run_wrk if client == "wrk" else run_python)(base, paths, duration_s, connections, label)
     print(f"  {label:<34} {result.rps:>9.1f} req/s  p50 {result.p50_ms:>7.2f} ms  p99 {result.p99_ms:>7.2f} ms  "
@@ -452,16 +471,14 @@ def main(argv=None) -> dict:
         figures["cold_start_s"] = round(server.cold_start_s, 2)
         print(f"  cold start (process start -> heartbeat 200): {figures['cold_start_s']} s", flush=True)
         run_load(server.base, ["/__lbheartbeat__"], 2, args.connections, "warm-up", client)
+        cpu = figures["cpu_ms_per_request_by_load"] = {}
         run1 = {
-            "lbheartbeat": run_load(server.base, ["/__lbheartbeat__"], args.duration, args.connections,
-                                    "/__lbheartbeat__", client),
+            "lbheartbeat": measured_load(server, ["/__lbheartbeat__"], args.duration, args.connections,
+                                         "/__lbheartbeat__", client, cpu),
         }
-        cpu_before = server.cpu_seconds()
-        run1["per_user"] = run_load(server.base, user_paths, args.duration, args.connections, "per-user (SQLite)",
-                                    client)
-        figures["cpu_ms_per_request"] = round(
-            (server.cpu_seconds() - cpu_before) * 1000 / max(1, run1["per_user"].requests), 3)
-        print(f"  CPU per per-user request (workers, user+system): {figures['cpu_ms_per_request']} ms", flush=True)
+        run1["per_user"] = measured_load(server, user_paths, args.duration, args.connections, "per-user (SQLite)",
+                                         client, cpu)
+        figures["cpu_ms_per_request"] = cpu["per-user (SQLite)"]["workers_ms"]
         run1["single"] = run_load(server.base, user_paths, min(args.duration, 5.0), 1,
                                   "per-user, one request at a time", client)
         run1["taarlite"] = run_load(server.base, lite_paths, args.duration, args.connections, "TAARlite (popular)",
@@ -481,7 +498,11 @@ def main(argv=None) -> dict:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "serve.json").write_text(json.dumps(figures, indent=2))
     print(json.dumps({"verdict": figures["verdict"], "memory": figures["memory"],
-                      "cpu_ms_per_request": figures["cpu_ms_per_request"]}, indent=2))
+                      "cpu_ms_per_request": figures["cpu_ms_per_request"],
+                      "cpu_ms_per_request_by_load": {
+                          "sqlite": figures["cpu_ms_per_request_by_load"],
+                          "bigtable": (figures.get("run2_bigtable") or {}).get("cpu_ms_per_request_by_load")}},
+                     indent=2))
     print(f"written {OUT / 'serve.json'}")
     return figures
 
@@ -501,10 +522,11 @@ def bigtable_run(store_dir: Path, rows, user_paths, args, client) -> dict:
         out: dict = {"load_s": round(seconds, 1)}
         with Server(server_env(store_dir, uri, args), WORK / "gunicorn-bigtable.log") as server:
             run_load(server.base, user_paths, 2, args.connections, "warm-up", client)
-            out["lbheartbeat"] = asdict(run_load(server.base, ["/__lbheartbeat__"], args.duration, args.connections,
-                                                 "/__lbheartbeat__", client))
-            out["per_user"] = asdict(run_load(server.base, user_paths, args.duration, args.connections,
-                                              "per-user (Bigtable)", client))
+            cpu = out["cpu_ms_per_request_by_load"] = {}
+            out["lbheartbeat"] = asdict(measured_load(server, ["/__lbheartbeat__"], args.duration, args.connections,
+                                                      "/__lbheartbeat__", client, cpu))
+            out["per_user"] = asdict(measured_load(server, user_paths, args.duration, args.connections,
+                                                   "per-user (Bigtable)", client, cpu, [emulator.proc.pid]))
             # S6: the store stops answering. With at most THREADS requests in flight no request
             # queues behind another even if the kernel hands every connection to one worker;
             # with WORKERS x THREADS connections an unlucky split makes some wait one more deadline.
