@@ -20,7 +20,9 @@ construction included: the channel is built by a helper thread that a read waits
 for only as long as its deadline allows; transient errors are retried only inside
 the deadline, and running out maps to :class:`ProfileTimeout`. The service calls
 :meth:`warm` in each worker at start (gunicorn ``post_fork``), so requests find a
-connected channel.
+connected channel; a channel older than :data:`CHANNEL_REFRESH_S` is replaced by a
+connected new one in the background, so no read pays a reconnection when Bigtable
+closes an old connection.
 """
 
 from __future__ import annotations
@@ -54,6 +56,14 @@ _READ_ROWS = "/google.bigtable.v2.Bigtable/ReadRows"
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.01, 0.1
 #: Keepalive pings every 30 s (10 s to answer) keep an idle connection known-good.
 KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS = 30_000, 10_000
+#: A channel this old (less a random 0-22 %, so workers spread out) is replaced in the background, as
+#: the official client does after 35-45 minutes: Bigtable closes connections after 60 minutes, and a
+#: read must not pay the reconnection.
+CHANNEL_REFRESH_S = 45 * 60
+#: Deadline of the read that connects a replacement channel; after a failure, the next try waits as long.
+REFRESH_CONNECT_S = 10.0
+#: A replaced channel is closed this long after the swap, when reads still using it are long done.
+RETIRE_AFTER_S = 60.0
 # The official client treats INTERNAL errors with these messages as UNAVAILABLE (a reset stream).
 _RESET_STREAM_MESSAGES = ("rst_stream", "rst stream", "received unexpected eos on data frame from server")
 
@@ -219,6 +229,9 @@ class RowReader:
         from google.cloud.bigtable_v2.types import ReadRowsResponse
 
         self.channel = channel
+        self.created = time.monotonic()
+        self.refresh_share = random.uniform(35 / 45, 1.0)  # of CHANNEL_REFRESH_S
+        self.replacing = False  # a replacement is being connected
         self._template = row_request(table_name)
         self._metadata = routing_metadata(table_name)
         self._call = channel.unary_stream(
@@ -303,6 +316,8 @@ class BigtableProfileStore:
         """
         reader = self._reader
         if reader is not None and self._pid == os.getpid():
+            if time.monotonic() - reader.created > CHANNEL_REFRESH_S * reader.refresh_share and not reader.replacing:
+                self._start_replacing(reader)
             return reader
         with _CLIENT_LOCK:
             pending = self._connecting
@@ -330,6 +345,35 @@ class BigtableProfileStore:
     def _connect(self) -> None:
         reader = RowReader(self.table_name, open_channel())
         self._reader, self._pid = reader, os.getpid()
+
+    def _start_replacing(self, old: RowReader) -> None:
+        with _CLIENT_LOCK:
+            if old.replacing:
+                return
+            old.replacing = True
+        threading.Thread(target=self._replace, args=(old, os.getpid()), name="taar-bigtable-refresh",
+                         daemon=True).start()
+
+    def _replace(self, old: RowReader, pid: int) -> None:
+        """Connect a new channel with one read, then swap it in; on failure keep ``old`` and retry later."""
+        try:
+            new = RowReader(self.table_name, open_channel())
+            new.attempt(_PING_KEY, REFRESH_CONNECT_S)
+        except Exception as exc:
+            logger.warning("profile store %s: channel refresh failed, keeping the current one: %s", self.uri, exc)
+            old.created = time.monotonic() - CHANNEL_REFRESH_S * old.refresh_share + REFRESH_CONNECT_S
+            old.replacing = False
+            return
+        with _CLIENT_LOCK:
+            swapped = self._reader is old and self._pid == pid == os.getpid()
+            if swapped:
+                self._reader = new
+        if not swapped:  # closed or forked meanwhile
+            new.close()
+            return
+        retire = threading.Timer(RETIRE_AFTER_S, old.close)
+        retire.daemon = True
+        retire.start()
 
     def warm(self, timeout_s: float) -> bool:
         """Build this process's reader and open its channel with one read; False if not done in time."""

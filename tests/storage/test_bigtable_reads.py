@@ -368,3 +368,53 @@ def test_concurrent_first_reads_share_one_reader(emulator_store):
     for thread in threads:
         thread.join()
     assert results == [b"v"] * 8 and len(readers) == 1
+
+
+def wait_until(condition, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout_s} s")
+        time.sleep(0.01)
+
+
+@pytest.mark.integration
+def test_an_old_channel_is_replaced_in_the_background_and_retired(emulator_store, monkeypatch):
+    from taar.storage import bigtable_profiles
+
+    emulator_store.put_many([(KEY, b"v")], ts_ms=1_700_000_000_000)
+    assert emulator_store.warm(5)
+    old = emulator_store._reader
+    monkeypatch.setattr(bigtable_profiles, "RETIRE_AFTER_S", 0.05)
+    monkeypatch.setattr(bigtable_profiles, "CHANNEL_REFRESH_S", 0.0)
+    assert emulator_store.get(KEY, 5) == b"v"  # served by the old channel; starts the replacement
+    monkeypatch.setattr(bigtable_profiles, "CHANNEL_REFRESH_S", 3600.0)
+    wait_until(lambda: emulator_store._reader is not old)
+    assert emulator_store.get(KEY, 5) == b"v"
+    # the old channel is closed once reads that might still use it are done
+    wait_until(lambda: is_closed(old))
+
+
+def is_closed(reader) -> bool:
+    try:
+        reader.attempt(KEY, 5)
+    except ValueError as exc:  # what grpc raises for a call on a closed channel
+        return "closed channel" in str(exc)
+    return False
+
+
+@pytest.mark.integration
+def test_a_failed_refresh_keeps_the_working_channel(emulator_store, monkeypatch):
+    from taar.storage import bigtable_profiles
+
+    emulator_store.put_many([(KEY, b"v")], ts_ms=1_700_000_000_000)
+    assert emulator_store.warm(5)
+    old = emulator_store._reader
+    monkeypatch.setenv("BIGTABLE_EMULATOR_HOST", f"127.0.0.1:{free_port()}")  # a replacement cannot connect
+    monkeypatch.setattr(bigtable_profiles, "REFRESH_CONNECT_S", 0.2)
+    monkeypatch.setattr(bigtable_profiles, "CHANNEL_REFRESH_S", 0.0)
+    assert emulator_store.get(KEY, 5) == b"v"
+    monkeypatch.setattr(bigtable_profiles, "CHANNEL_REFRESH_S", 3600.0)
+    wait_until(lambda: not old.replacing)
+    assert emulator_store._reader is old
+    assert emulator_store.get(KEY, 5) == b"v"
