@@ -245,7 +245,12 @@ class RowReader:
         request = type(self._template)()
         request.CopyFrom(self._template)
         request.rows.row_keys.append(row_key)
-        return merge_row(self._call(request, timeout=timeout_s, metadata=self._metadata), row_key)
+        call = self._call(request, timeout=timeout_s, metadata=self._metadata)
+        try:
+            return merge_row(call, row_key)
+        except InvalidReadRowsStream:
+            call.cancel()  # do not leave the rest of a broken stream pending until its deadline
+            raise
 
     def close(self) -> None:
         self.channel.close()
