@@ -396,28 +396,28 @@ class BigtableProfileStore:
 
         deadline = time.monotonic() + timeout_s
         reader = self._row_reader(timeout_s)
-        backoff = BACKOFF_FIRST_S
+        backoff, retried = BACKOFF_FIRST_S, None  # retried: the last transient error
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise ProfileTimeout(f"{self.uri}: read exceeded its {timeout_s * 1000:.0f} ms deadline")
+                raise self._timeout(timeout_s, retried) from retried
             try:
                 return reader.attempt(row_key, left)
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise ProfileTimeout(
-                        f"{self.uri}: read exceeded its {timeout_s * 1000:.0f} ms deadline"
-                    ) from exc
+                    raise self._timeout(timeout_s, retried) from exc
                 if not _retryable(exc):
                     raise from_grpc_error(exc) from exc
-                pause = random.uniform(0.0, backoff)  # full jitter: workers hit by one outage spread out
-                if time.monotonic() + pause >= deadline:
-                    raise ProfileTimeout(
-                        f"{self.uri}: read exceeded its {timeout_s * 1000:.0f} ms deadline "
-                        f"(last error {exc.code().name}: {exc.details()})"
-                    ) from exc
-                time.sleep(pause)
-                backoff = min(2 * backoff, BACKOFF_MAX_S)
+                retried = exc
+            pause = random.uniform(0.0, backoff)  # full jitter: workers hit by one outage spread out
+            if time.monotonic() + pause >= deadline:
+                raise self._timeout(timeout_s, retried) from retried
+            time.sleep(pause)
+            backoff = min(2 * backoff, BACKOFF_MAX_S)
+
+    def _timeout(self, timeout_s: float, retried) -> ProfileTimeout:
+        cause = f" (after {retried.code().name}: {retried.details()})" if retried is not None else ""
+        return ProfileTimeout(f"{self.uri}: read exceeded its {timeout_s * 1000:.0f} ms deadline{cause}")
 
     def get(self, row_key: str | bytes, timeout_s: float) -> bytes | None:
         return self._read_row(_bytes_key(row_key), timeout_s)

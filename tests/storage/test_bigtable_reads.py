@@ -58,15 +58,18 @@ def cell(value, **kw):
 # --------------------------------------------------------------------------- chunk merging (unit)
 
 
+@pytest.mark.unit
 def test_one_chunk_row():
     assert merge_row(stream([cell(b"xyz", commit=True)]), KEY) == b"xyz"
 
 
+@pytest.mark.unit
 def test_empty_stream_is_a_missing_row():
     assert merge_row([], KEY) is None
     assert merge_row(stream([]), KEY) is None  # a response with no chunks (e.g. only stats)
 
 
+@pytest.mark.unit
 def test_value_split_over_chunks_and_responses():
     # "ab" + "cd" + "e": value_size is the whole length (5) on all but the last part
     responses = stream(
@@ -76,6 +79,7 @@ def test_value_split_over_chunks_and_responses():
     assert merge_row(responses, KEY) == b"abcde"
 
 
+@pytest.mark.unit
 def test_reset_row_drops_what_came_before():
     responses = stream(
         [cell(b"stale", size=10), chunk(b"-part")],  # half a row, then the server restarts it
@@ -85,11 +89,13 @@ def test_reset_row_drops_what_came_before():
     assert merge_row(responses, KEY) == b"fresh"
 
 
+@pytest.mark.unit
 def test_reset_then_a_row_with_a_split_value():
     responses = stream([cell(b"old", commit=False)], [chunk(reset=True), cell(b"n", size=2), chunk(b"w", commit=True)])
     assert merge_row(responses, KEY) == b"nw"
 
 
+@pytest.mark.unit
 def test_other_cells_of_the_row_are_skipped():
     # another family first, then a qualifier-only chunk that keeps family "other", then profile:payload
     responses = stream([
@@ -100,14 +106,17 @@ def test_other_cells_of_the_row_are_skipped():
     assert merge_row(responses, KEY) == b"3"
 
 
+@pytest.mark.unit
 def test_committed_row_without_the_payload_cell_is_none():
     assert merge_row(stream([chunk(b"v", key=KEY, family="profile", qualifier=b"other", commit=True)]), KEY) is None
 
 
+@pytest.mark.unit
 def test_empty_payload_is_found_not_missing():
     assert merge_row(stream([cell(b"", commit=True)]), KEY) == b""
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "responses, message",
     [
@@ -136,6 +145,7 @@ def test_protocol_violations_raise(responses, message):
 # --------------------------------------------------------------------------- the request (unit)
 
 
+@pytest.mark.unit
 def test_request_asks_for_the_newest_payload_cell_of_one_row():
     from google.cloud.bigtable.data import row_filters
 
@@ -152,6 +162,7 @@ def test_request_asks_for_the_newest_payload_cell_of_one_row():
     assert request.filter == type(official).pb(official)
 
 
+@pytest.mark.unit
 def test_routing_header_is_the_official_clients():
     from google.api_core.gapic_v1 import routing_header
 
@@ -220,6 +231,7 @@ def scripted(monkeypatch):
         server.__exit__()
 
 
+@pytest.mark.integration
 def test_split_value_over_the_wire_with_routing_header(scripted):
     server, store = scripted(stream([cell(b"ab", size=4)], [chunk(b"cd", commit=True)]))
     assert store.get(KEY.decode(), timeout_s=5) == b"abcd"
@@ -230,6 +242,7 @@ def test_split_value_over_the_wire_with_routing_header(scripted):
     store.close()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("status", [
     (grpc.StatusCode.UNAVAILABLE, "try again"),
     (grpc.StatusCode.ABORTED, "conflict"),
@@ -242,6 +255,7 @@ def test_transient_errors_are_retried_inside_the_deadline(scripted, status):
     store.close()
 
 
+@pytest.mark.integration
 def test_other_errors_are_raised_without_retry(scripted):
     server, store = scripted((grpc.StatusCode.INTERNAL, "boom"), stream([cell(b"v", commit=True)]))
     with pytest.raises(InternalServerError, match="boom"):
@@ -250,6 +264,7 @@ def test_other_errors_are_raised_without_retry(scripted):
     store.close()
 
 
+@pytest.mark.integration
 def test_a_broken_stream_is_raised_not_retried(scripted):
     server, store = scripted(stream([cell(b"v")]), stream([cell(b"v", commit=True)]))
     with pytest.raises(InvalidReadRowsStream, match="uncommitted"):
@@ -258,6 +273,7 @@ def test_a_broken_stream_is_raised_not_retried(scripted):
     store.close()
 
 
+@pytest.mark.integration
 def test_retries_stop_at_the_deadline(monkeypatch):
     # nothing listens on the port: every attempt fails fast with UNAVAILABLE
     monkeypatch.setenv("BIGTABLE_EMULATOR_HOST", f"127.0.0.1:{free_port()}")
@@ -418,3 +434,20 @@ def test_a_failed_refresh_keeps_the_working_channel(emulator_store, monkeypatch)
     wait_until(lambda: not old.replacing)
     assert emulator_store._reader is old
     assert emulator_store.get(KEY, 5) == b"v"
+
+
+@pytest.mark.unit
+def test_production_channel_is_built_from_application_default_credentials(tmp_path, monkeypatch):
+    # No network here: the channel connects lazily, so building it only checks that the
+    # credentials are found and the channel is made with them (an authorized-user file needs no key).
+    from taar.storage.bigtable_profiles import open_channel
+
+    credentials = tmp_path / "adc.json"
+    credentials.write_text('{"type": "authorized_user", "client_id": "c", "client_secret": "s", "refresh_token": "r"}')
+    monkeypatch.delenv("BIGTABLE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(credentials))
+    channel = open_channel()
+    try:
+        assert isinstance(channel, grpc.Channel)
+    finally:
+        channel.close()
