@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(PY) -m bench.recommenders
 	$(PY) -m bench.jobs
 	$(PY) -m bench.profiles
+	$(PY) -m bench.profile_reads
 	$(PY) -m bench.serve
 
 constraints: $(STAMP)

@@ -1,0 +1,123 @@
+"""Profile read benchmark (SPEC §3.7): the cost of one per-user profile read from Bigtable.
+
+Run: ``python -m bench.profile_reads [--reads 3000] [--rows 1000]``.
+Prints the figures and writes them to ``var/bench/profile_reads.json``.
+
+Starts ``cbtemulator`` on a free loopback port, loads ``--rows`` profiles of about
+300 bytes, then reads ``--reads`` of them one after another, in this process, two ways:
+
+* ``store.get``: the store's own ReadRows reader (what the service runs);
+* ``data client read_row``: the official high-level client with the same row
+  filter and deadline, the reference the reader replaced (kept only here).
+
+For each: client CPU (this process, ``time.process_time``), wall time and emulator
+CPU (``/proc/<pid>/stat``), all per read. One run; the machine is shared, so
+compare the two paths of one run, not runs with each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+import zlib
+from pathlib import Path
+
+OUT = Path("var/bench")
+TS_MS = 1_700_000_000_000
+DEADLINE_S = 0.15  # the service's default TAAR_PROFILE_TIMEOUT_MS
+WARMUP_READS = 100
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(read, keys: list[bytes], reads: int, emulator_pid: int) -> dict:
+    """Per-read figures of ``read(key)`` over ``reads`` reads cycling through ``keys``."""
+    for key in keys[:WARMUP_READS]:
+        assert read(key) is not None
+    emulator0, cpu0, wall0 = process_cpu_s(emulator_pid), time.process_time(), time.perf_counter()
+    for i in range(reads):
+        if read(keys[i % len(keys)]) is None:
+            raise RuntimeError("a loaded profile read back as missing")
+    per_read = 1e6 / reads
+    return {
+        "client_cpu_us": round((time.process_time() - cpu0) * per_read, 1),
+        "wall_us": round((time.perf_counter() - wall0) * per_read, 1),
+        "emulator_cpu_us": round((process_cpu_s(emulator_pid) - emulator0) * per_read, 1),
+    }
+
+
+def official_reader(store):
+    """``read(key)`` through the google-cloud-bigtable data client's ``read_row``, same filter."""
+    from google.cloud.bigtable.data import BigtableDataClient, row_filters
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Connecting to Bigtable emulator")
+        table = BigtableDataClient(project=store.project).get_table(store.instance, store.table)
+    row_filter = row_filters.RowFilterChain([
+        row_filters.FamilyNameRegexFilter("profile"),
+        row_filters.ColumnQualifierRegexFilter(b"payload"),
+        row_filters.CellsColumnLimitFilter(1),
+    ])
+
+    def read(key: bytes):
+        row = table.read_row(key, row_filter=row_filter, operation_timeout=DEADLINE_S, attempt_timeout=DEADLINE_S)
+        return None if row is None else row.cells[0].value
+
+    return read
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reads", type=int, default=3000, help="timed reads per path (default 3000)")
+    parser.add_argument("--rows", type=int, default=1000, help="profiles loaded and read in turn (default 1000)")
+    args = parser.parse_args(argv)
+    if args.reads < 1 or args.rows < 1:
+        parser.error("--reads and --rows must be >= 1")
+
+    from taar.storage import BigtableProfileStore
+    from tests.fixtures.emulators import BigtableEmulator, cbtemulator_binary
+
+    binary = cbtemulator_binary()
+    if binary is None:
+        print("cbtemulator not installed (apt-get install google-cloud-cli-bigtable-emulator)", file=sys.stderr)
+        return 1
+    with BigtableEmulator(binary) as emulator:
+        os.environ["BIGTABLE_EMULATOR_HOST"] = emulator.host
+        store = BigtableProfileStore("bench", "bench", "profiles")
+        store.ensure_table()
+        keys = [f"{i:064x}".encode() for i in range(args.rows)]
+        # ~300 bytes after zlib: incompressible-enough filler, as real payloads carry add-on ids
+        payloads = [zlib.compress(json.dumps({"i": i, "pad": os.urandom(250).hex()}).encode()) for i in range(args.rows)]
+        store.put_many(zip(keys, payloads, strict=True), TS_MS)
+        assert store.warm(10.0)
+        results = {
+            "store.get": measure(lambda key: store.get(key, DEADLINE_S), keys, args.reads, emulator.proc.pid),
+            "data client read_row": measure(official_reader(store), keys, args.reads, emulator.proc.pid),
+        }
+        store.close()
+
+    payload_bytes = sum(map(len, payloads)) / len(payloads)
+    print(f"{args.reads} reads of {args.rows} profiles (~{payload_bytes:.0f} bytes each), cbtemulator, one process")
+    print(f"{'path':24s} {'client CPU us/read':>19s} {'wall us/read':>13s} {'emulator CPU us/read':>21s}")
+    for name, figures in results.items():
+        print(f"{name:24s} {figures['client_cpu_us']:19.1f} {figures['wall_us']:13.1f} "
+              f"{figures['emulator_cpu_us']:21.1f}")
+    reference, lean = results["data client read_row"], results["store.get"]
+    print(f"client CPU ratio (data client / store.get): {reference['client_cpu_us'] / lean['client_cpu_us']:.2f}")
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "profile_reads.json").write_text(json.dumps(
+        {"reads": args.reads, "rows": args.rows, "payload_bytes": round(payload_bytes), "results": results}, indent=2
+    ) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
