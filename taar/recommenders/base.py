@@ -114,6 +114,8 @@ class RowRecommender(Recommender):
 
 def check_limit(limit) -> int:
     """Return ``limit`` as an int, or raise ValueError naming the argument."""
+    if type(limit) is int and limit >= 0:  # the per-request case, without four isinstance calls
+        return limit
     if isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 0:
         raise ValueError(f"limit must be a non-negative int, got {limit!r}")
     return int(limit)
@@ -136,11 +138,10 @@ def top_indices(scores: np.ndarray, tiebreak: np.ndarray, limit: int) -> np.ndar
     n = scores.shape[0]
     if limit <= 0 or n == 0:
         return np.empty(0, dtype=np.int64)
-    if limit < n:
-        kth = np.partition(scores, n - limit)[n - limit]
-        idx = np.flatnonzero(scores >= kth)
-    else:
-        idx = np.arange(n)
+    if limit >= n:  # every entry: sort them all, no gathers through an identity index
+        return np.lexsort((tiebreak, -scores))[:limit]
+    kth = np.partition(scores, n - limit)[n - limit]
+    idx = (scores >= kth).nonzero()[0]  # ndarray.nonzero: np.flatnonzero without its wrappers
     order = np.lexsort((tiebreak[idx], -scores[idx]))
     return idx[order[:limit]]
 
