@@ -107,6 +107,14 @@ class RowRecommender(Recommender):
     def recommend_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
         """:meth:`recommend` as ``(rows, scores)`` arrays; :data:`NO_ROWS` when it cannot recommend."""
 
+    def candidate_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
+        """The rows and scores of :meth:`recommend_rows` in any order: all an ensemble sum needs.
+
+        :data:`NO_ROWS` when it cannot recommend (so the caller need not ask
+        ``can_recommend`` first). Subclasses skip the final sort.
+        """
+        return self.recommend_rows(profile, limit, extra)
+
     def recommend(self, profile: Mapping, limit: int, extra: Mapping | None = None) -> list[tuple[str, float]]:
         best, scores = self.recommend_rows(profile, limit, extra)
         return list(zip(map(self.guids_.__getitem__, best.tolist()), scores.tolist(), strict=True))
@@ -144,6 +152,22 @@ def top_indices(scores: np.ndarray, tiebreak: np.ndarray, limit: int) -> np.ndar
     idx = (scores >= kth).nonzero()[0]  # ndarray.nonzero: np.flatnonzero without its wrappers
     order = np.lexsort((tiebreak[idx], -scores[idx]))
     return idx[order[:limit]]
+
+
+def top_rows(scores: np.ndarray, tiebreak: np.ndarray, limit: int) -> np.ndarray:
+    """The entries :func:`top_indices` picks, in no particular order; ``limit < len(scores)``.
+
+    A partition and one comparison; the sort is only needed when entries tie
+    with the ``limit``-th best score (then the smallest tiebreaks among them stay).
+    """
+    n = scores.shape[0]
+    if limit <= 0 or n == 0:
+        return np.empty(0, dtype=np.int64)
+    kth = np.partition(scores, n - limit)[n - limit]
+    idx = (scores >= kth).nonzero()[0]
+    if idx.shape[0] > limit:
+        idx = idx[np.lexsort((tiebreak[idx], -scores[idx]))[:limit]]
+    return idx
 
 
 _GUID = itemgetter(0)

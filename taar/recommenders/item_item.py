@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .base import NO_ROWS, RowRecommender, check_limit, guid_ranks, top_indices
+from .base import NO_ROWS, RowRecommender, check_limit, guid_ranks, top_indices, top_rows
 
 
 class ItemItemRecommender(RowRecommender):
@@ -89,4 +89,16 @@ class ItemItemRecommender(RowRecommender):
         rows = np.flatnonzero(reached)
         best = rows[top_indices(s[rows], self.guid_rank_[rows], limit)]
         return best, s[best]
+
+    def candidate_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
+        """:meth:`recommend_rows` in row order (unsorted by score): all an ensemble sum needs."""
+        limit = check_limit(limit)
+        if not self.can_recommend(profile, extra):
+            return NO_ROWS
+        s, reached, installed = self.scores(profile)
+        reached[installed] = False
+        rows = reached.nonzero()[0]
+        if rows.shape[0] > limit:
+            rows = rows[top_rows(s[rows], self.guid_rank_[rows], limit)]
+        return rows, s[rows]
 

@@ -25,7 +25,7 @@ from scipy import sparse
 
 from taar.profile import NUMBER_FIELDS, STRING_FIELDS
 
-from .base import NO_ROWS, RowRecommender, check_limit, top_indices
+from .base import NO_ROWS, RowRecommender, check_limit, top_indices, top_rows
 
 logger = logging.getLogger(__name__)
 
@@ -355,6 +355,17 @@ class SimilarityRecommender(RowRecommender):
         positive = (s > 0).nonzero()[0]
         best = positive[top_indices(s[positive], positive, limit)]
         return best, s[best]
+
+    def candidate_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
+        """:meth:`recommend_rows` in row order (unsorted by score): all an ensemble sum needs."""
+        limit = check_limit(limit)
+        if not self.can_recommend(profile, extra):
+            return NO_ROWS
+        s = self.scores(profile)
+        positive = (s > 0).nonzero()[0]
+        if positive.shape[0] > limit:
+            positive = positive[top_rows(s[positive], positive, limit)]
+        return positive, s[positive]
 
 
 def reference_scores(donors: Sequence[Mapping], lr_curves: Sequence, profile: Mapping) -> dict[str, float]:
