@@ -290,7 +290,9 @@ class SimilarityRecommender(RowRecommender):
 
     def encode(self, profile: Mapping) -> tuple[np.ndarray, np.ndarray]:
         """The client's continuous vector and categorical codes (-1 = matches no donor)."""
-        x_c = np.array([_number(profile.get(f)) for f in CONTINUOUS], dtype=np.float64)
+        # a finite float is the normalised profile's usual value: kept as it is, as _number would
+        x_c = np.array([v if type(v) is float and v - v == 0.0 else _number(v) for v in map(profile.get, CONTINUOUS)],
+                       dtype=np.float64)
         c_c = np.array([self.codes_[i].get(_string(profile.get(f)), -1) for i, f in enumerate(CATEGORICAL)],
                        dtype=np.int64)
         return x_c, c_c
