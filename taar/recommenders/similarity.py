@@ -142,9 +142,9 @@ class PointLookup:
     the distance's own bucket that are at or below it (``first[:, b]``, NaN-padded,
     at most ``max_points`` comparisons, vectorised). LR curves are evenly spaced
     (the similarity job's ``linspace``), so a bucket holds at most one threshold and
-    a lookup is eight array operations. A curve with clustered points (or fewer
+    a lookup is nine array operations. A curve with clustered points (or fewer
     than two, or not strictly increasing) gets ``usable = False`` and the caller
-    uses :func:`nearest_points`; so does a NaN distance. The answer is identical to
+    uses :func:`nearest_points`. The answer is identical to
     :func:`nearest_points` (checked at construction for every threshold and the
     float just below it); a binary search over unsorted distances mispredicts a
     branch at almost every step, this does not.
@@ -178,16 +178,20 @@ class PointLookup:
         self.first[np.arange(n - 1) - self.base[raw], raw] = thresholds
 
     def buckets(self, values: np.ndarray) -> np.ndarray:
-        """The bucket of each value (non-decreasing in the value; NaN excluded)."""
+        """The bucket of each value: non-decreasing in the value; NaN goes to the last (empty) bucket."""
         b = values - self.origin
         b *= self.scale
-        np.minimum(b, self.top, out=b)
+        np.fmin(b, self.top, out=b)  # fmin, not minimum: NaN becomes top
         np.maximum(b, 0.0, out=b)
         return b.astype(np.int64)  # non-negative: truncation is floor
 
     def nearest(self, dist: np.ndarray) -> np.ndarray:
-        """Same as ``nearest_points(xs, dist)``."""
-        if not self.usable or not dist.shape[0] or np.isnan(dist.max()):
+        """Same as ``nearest_points(xs, dist)``.
+
+        A NaN distance lands in the last bucket and compares False with every
+        threshold: the last point, as the binary search's insertion index ``n`` gives.
+        """
+        if not self.usable:
             return nearest_points(self.xs, dist)
         b = self.buckets(dist)
         j = self.base[b]

@@ -259,7 +259,7 @@ def test_first_distances_are_where_the_nearest_point_steps_up(xs):
     assert nearest_points(xs, np.nextafter(thresholds, -np.inf)).tolist() == (k - 1).tolist()
     lookup = PointLookup(xs)
     around = np.concatenate([thresholds, np.nextafter(thresholds, np.inf), np.nextafter(thresholds, -np.inf),
-                             [np.inf, -np.inf, 0.0, -0.0, 5e-324, -5e-324]])
+                             [np.inf, -np.inf, np.nan, 0.0, -0.0, 5e-324, -5e-324]])
     assert lookup.nearest(around).tolist() == nearest_points(xs, around).tolist()
 
 
