@@ -137,6 +137,13 @@ def guid_ranks(guids: Sequence[str]) -> np.ndarray:
     return ranks
 
 
+def _kth_smallest(scores: np.ndarray, k: int):
+    """``np.partition(scores, k)[k]``: the same copy and in-place partition, without the wrapper."""
+    work = scores.copy()
+    work.partition(k)
+    return work[k]
+
+
 def top_indices(scores: np.ndarray, tiebreak: np.ndarray, limit: int) -> np.ndarray:
     """Indices of the ``limit`` best entries: score descending, then ``tiebreak`` ascending.
 
@@ -148,7 +155,7 @@ def top_indices(scores: np.ndarray, tiebreak: np.ndarray, limit: int) -> np.ndar
         return np.empty(0, dtype=np.int64)
     if limit >= n:  # every entry: sort them all, no gathers through an identity index
         return np.lexsort((tiebreak, -scores))[:limit]
-    kth = np.partition(scores, n - limit)[n - limit]
+    kth = _kth_smallest(scores, n - limit)
     idx = (scores >= kth).nonzero()[0]  # ndarray.nonzero: np.flatnonzero without its wrappers
     order = np.lexsort((tiebreak[idx], -scores[idx]))
     return idx[order[:limit]]
@@ -163,7 +170,7 @@ def top_rows(scores: np.ndarray, tiebreak: np.ndarray, limit: int) -> np.ndarray
     n = scores.shape[0]
     if limit <= 0 or n == 0:
         return np.empty(0, dtype=np.int64)
-    kth = np.partition(scores, n - limit)[n - limit]
+    kth = _kth_smallest(scores, n - limit)
     idx = (scores >= kth).nonzero()[0]
     if idx.shape[0] > limit:
         idx = idx[np.lexsort((tiebreak[idx], -scores[idx]))[:limit]]
@@ -185,6 +192,9 @@ def sort_pairs(pairs) -> list[tuple[str, float]]:
     return ordered
 
 
+_NO_TIMER = contextlib.nullcontext()  # stateless and reentrant: one for every untimed block
+
+
 def timer(metrics, name: str):
     """A context manager timing ``name`` on a markus-like ``metrics`` object (or nothing).
 
@@ -192,7 +202,7 @@ def timer(metrics, name: str):
     ``metrics.timing(name, ms)``; ``metrics=None`` times nothing.
     """
     if metrics is None:
-        return contextlib.nullcontext()
+        return _NO_TIMER
     if hasattr(metrics, "timer"):
         return metrics.timer(name)
     if hasattr(metrics, "timing"):
