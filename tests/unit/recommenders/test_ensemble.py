@@ -213,3 +213,24 @@ def test_top_rows_is_the_set_top_indices_picks_with_ties_at_the_cut():
         for limit in range(0, n):
             assert sorted(top_rows(scores, tiebreak, limit).tolist()) == sorted(
                 top_indices(scores, tiebreak, limit).tolist())
+
+
+def test_a_raising_dense_member_is_skipped_counted_and_timed(monkeypatch):
+    """candidate_rows (asked without can_recommend first) raising: skipped like a failing member."""
+    m = random_members(1)
+    weights = {"ensemble_weights": {"collaborative": 1.0, "similarity": 0.5, "locale": 0.25}}
+    dense = EnsembleRecommender().fit(**m, ensemble_weights=weights)
+    profile = toy.profile(installed_addons=["g01@x", "g12@x"], geo_city="a", locale="en-US")
+    without = EnsembleRecommender().fit(collaborative=m["collaborative"], locale=m["locale"],
+                                        ensemble_weights=weights)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(m["similarity"], "candidate_rows", boom)
+    metrics = RecordingMetrics()
+    results, _ = dense.combine(profile, 8, metrics=metrics)
+    assert results and results == without.combine(profile, 8)[0]
+    assert metrics.counters == {"error_similarity": 1}
+    assert sorted(metrics.timings) == ["collaborative_recommend", "ensemble_recommend", "locale_recommend",
+                                       "similarity_recommend"]
