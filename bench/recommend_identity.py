@@ -1,12 +1,14 @@
 """Byte-identity check for per-user recommendations: dump every answer as JSON, compare two dumps.
 
 Run the same command against two trees of ``taar`` (before and after a change)
-and compare the outputs::
+and compare the outputs. Run from outside the worktree (``python -m`` puts the
+current directory first on ``sys.path``, which would shadow the older ``taar``)::
 
     git archive <base> taar | tar -x -C /tmp/base
-    PYTHONPATH=/tmp/base:$PWD python -m bench.recommend_identity --out /tmp/before.jsonl
-    PYTHONPATH=$PWD python -m bench.recommend_identity --out /tmp/after.jsonl
-    python -m bench.recommend_identity --compare /tmp/before.jsonl /tmp/after.jsonl
+    cd /tmp
+    PYTHONPATH=/tmp/base:$TREE python -m bench.recommend_identity --out /tmp/before.jsonl
+    PYTHONPATH=$TREE python -m bench.recommend_identity --out /tmp/after.jsonl
+    PYTHONPATH=$TREE python -m bench.recommend_identity --compare /tmp/before.jsonl /tmp/after.jsonl
 
 Only ``taar`` comes from the first path; the models (``bench.recommenders.synthetic_models``)
 and profiles (``bench.serve.synthetic_profiles``) are built by this tree, so both runs
