@@ -322,6 +322,7 @@ class SimilarityRecommender(RowRecommender):
         - the canberra row sums stay the same matrix-vector product on the same
           C-ordered ``(n_donors, 5)`` array, so BLAS adds the terms in the same order.
         """
+        x_c = np.asarray(x_c, dtype=np.float64)
         x_lined = x_c.take(self.flat_columns_).reshape(self.donor_x_.shape)
         terms = self.donor_x_ - x_lined
         np.abs(terms, out=terms)
@@ -331,7 +332,7 @@ class SimilarityRecommender(RowRecommender):
             den[den == 0] = 1.0
         terms /= den
         canberra = terms @ _ONES[: terms.shape[1]]
-        codes = c_c.tolist()
+        codes = np.asarray(c_c).tolist()
         differing = self.mismatch_[0][codes[0]] + self.mismatch_[1][codes[1]]
         differing += self.mismatch_[2][codes[2]]
         hamming = differing / len(CATEGORICAL)

@@ -273,3 +273,8 @@ def test_curves_that_are_not_strictly_increasing_use_the_binary_search():
     # 0.9 and 1.0: one point below (0.0), nearer to xs[1]; 1.4: three below, |2 - 1.4| = 0.6 is not
     # < |1 - 1.4| = 0.4, so xs[2]; 1.6: 0.4 < 0.6, so xs[3]
     assert lookup.nearest(dist).tolist() == nearest_points(xs, dist).tolist() == [1, 1, 2, 3]
+
+
+def test_client_distances_accept_plain_lists(rec):
+    x_c, c_c = rec.encode(toy.profile())
+    assert rec.distances(x_c.tolist(), c_c.tolist()).tolist() == rec.distances(x_c, c_c).tolist()
