@@ -6,6 +6,14 @@ shaped like production ones: 200 whitelist items with 32 ALS factors, 1000
 donors, a 1000-point LR curve, 100 locales x 10, an EASE item-item model over
 the 200 whitelist items (50 neighbours each), and a TAARlite graph of
 ``--guids`` add-ons with about ``--degree`` co-installed neighbours each.
+
+``manager_recommend_cpu_us`` is the per-user route's recommender cost at the serving
+benchmark's sizes (``bench.serve``: 5 000 x 32 item factors, the four-member dense
+ensemble): CPU seconds (``time.process_time``) per ``RecommendationManager.recommend``
+over ``--requests`` distinct seeded clients (``bench.serve.synthetic_profiles``, read
+from an in-memory dict, so the profile fetch costs nothing), limit 10, best of 5
+passes. ``--manager-only`` prints just that figure (run it against two trees of
+``taar`` to compare, as ``bench.recommend_identity`` describes).
 """
 
 from __future__ import annotations
@@ -81,12 +89,51 @@ def per_call_us(fn, n: int, repeats: int = 5) -> float:
     return best * 1e6
 
 
+def per_call_cpu_us(fn, items, repeats: int = 5) -> float:
+    """Best-of-``repeats`` CPU time (process_time) per call of ``fn`` over ``items``."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.process_time()
+        for item in items:
+            fn(item)
+        best = min(best, (time.process_time() - started) / len(items))
+    return best * 1e6
+
+
+def manager_cpu_figures(n_requests: int, limit: int = 10) -> dict:
+    """CPU per ``RecommendationManager.recommend`` at the serving benchmark's model sizes."""
+    from bench.serve import DEGREE, N_GUIDS, N_ITEMS, synthetic_profiles
+    from taar.profile import decode_payload, normalise_profile
+
+    models = synthetic_models(N_GUIDS, DEGREE, n_items=N_ITEMS)
+    engine = build_engine(models)
+    rows = synthetic_profiles(n_requests, list(engine.whitelist), sorted(models["locale"])[:20])
+    profiles = {hashed: normalise_profile(decode_payload(payload), hashed) for hashed, payload in rows}
+    fetcher = type("DictFetcher", (), {"get": lambda self, cid: profiles.get(cid)})()
+    manager = RecommendationManager(engine, fetcher)
+    extra = {"locale": None, "platform": None}
+    requests = [(cid, i) for i, cid in enumerate(profiles)]
+    for cid, i in requests[:200]:  # warm-up
+        manager.recommend(cid, limit, extra=extra, seed=i)
+    return {
+        "manager_items": N_ITEMS, "manager_requests": len(requests),
+        "manager_recommend_cpu_us": round(per_call_cpu_us(
+            lambda r: manager.recommend(r[0], limit, extra=extra, seed=r[1]), requests), 1),
+    }
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--guids", type=int, default=5000)
     parser.add_argument("--degree", type=int, default=50)
     parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--manager-only", action="store_true",
+                        help="print only manager_recommend_cpu_us (serving sizes)")
     args = parser.parse_args(argv)
+    if args.manager_only:
+        figures = manager_cpu_figures(args.requests)
+        print(json.dumps(figures, indent=2))
+        return figures
     models = synthetic_models(args.guids, args.degree)
     started = time.perf_counter()
     engine = build_engine(models)
@@ -128,6 +175,7 @@ def main(argv=None) -> dict:
             first = per_call_us(lambda i, m=mode: taarlite.recommend(keys[i % len(keys)], m),
                                 min(n, len(keys)), repeats=1)
             figures[f"taarlite_{mode}_first_us"] = round(first, 1)
+    figures.update(manager_cpu_figures(n))
     print(json.dumps(figures, indent=2))
     out = Path("var/bench")
     out.mkdir(parents=True, exist_ok=True)

@@ -107,6 +107,14 @@ class RowRecommender(Recommender):
     def recommend_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
         """:meth:`recommend` as ``(rows, scores)`` arrays; :data:`NO_ROWS` when it cannot recommend."""
 
+    def candidate_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
+        """The rows and scores of :meth:`recommend_rows` in any order: all an ensemble sum needs.
+
+        :data:`NO_ROWS` when it cannot recommend (so the caller need not ask
+        ``can_recommend`` first). Subclasses skip the final sort.
+        """
+        return self.recommend_rows(profile, limit, extra)
+
     def recommend(self, profile: Mapping, limit: int, extra: Mapping | None = None) -> list[tuple[str, float]]:
         best, scores = self.recommend_rows(profile, limit, extra)
         return list(zip(map(self.guids_.__getitem__, best.tolist()), scores.tolist(), strict=True))
@@ -114,6 +122,8 @@ class RowRecommender(Recommender):
 
 def check_limit(limit) -> int:
     """Return ``limit`` as an int, or raise ValueError naming the argument."""
+    if type(limit) is int and limit >= 0:  # the per-request case, without four isinstance calls
+        return limit
     if isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 0:
         raise ValueError(f"limit must be a non-negative int, got {limit!r}")
     return int(limit)
@@ -127,6 +137,13 @@ def guid_ranks(guids: Sequence[str]) -> np.ndarray:
     return ranks
 
 
+def _kth_smallest(scores: np.ndarray, k: int):
+    """``np.partition(scores, k)[k]``: the same copy and in-place partition, without the wrapper."""
+    work = scores.copy()
+    work.partition(k)
+    return work[k]
+
+
 def top_indices(scores: np.ndarray, tiebreak: np.ndarray, limit: int) -> np.ndarray:
     """Indices of the ``limit`` best entries: score descending, then ``tiebreak`` ascending.
 
@@ -136,13 +153,28 @@ def top_indices(scores: np.ndarray, tiebreak: np.ndarray, limit: int) -> np.ndar
     n = scores.shape[0]
     if limit <= 0 or n == 0:
         return np.empty(0, dtype=np.int64)
-    if limit < n:
-        kth = np.partition(scores, n - limit)[n - limit]
-        idx = np.flatnonzero(scores >= kth)
-    else:
-        idx = np.arange(n)
+    if limit >= n:  # every entry: sort them all, no gathers through an identity index
+        return np.lexsort((tiebreak, -scores))[:limit]
+    kth = _kth_smallest(scores, n - limit)
+    idx = (scores >= kth).nonzero()[0]  # ndarray.nonzero: np.flatnonzero without its wrappers
     order = np.lexsort((tiebreak[idx], -scores[idx]))
     return idx[order[:limit]]
+
+
+def top_rows(scores: np.ndarray, tiebreak: np.ndarray, limit: int) -> np.ndarray:
+    """The entries :func:`top_indices` picks, in no particular order; ``limit < len(scores)``.
+
+    A partition and one comparison; the sort is only needed when entries tie
+    with the ``limit``-th best score (then the smallest tiebreaks among them stay).
+    """
+    n = scores.shape[0]
+    if limit <= 0 or n == 0:
+        return np.empty(0, dtype=np.int64)
+    kth = _kth_smallest(scores, n - limit)
+    idx = (scores >= kth).nonzero()[0]
+    if idx.shape[0] > limit:
+        idx = idx[np.lexsort((tiebreak[idx], -scores[idx]))[:limit]]
+    return idx
 
 
 _GUID = itemgetter(0)
@@ -160,6 +192,9 @@ def sort_pairs(pairs) -> list[tuple[str, float]]:
     return ordered
 
 
+_NO_TIMER = contextlib.nullcontext()  # stateless and reentrant: one for every untimed block
+
+
 def timer(metrics, name: str):
     """A context manager timing ``name`` on a markus-like ``metrics`` object (or nothing).
 
@@ -167,7 +202,7 @@ def timer(metrics, name: str):
     ``metrics.timing(name, ms)``; ``metrics=None`` times nothing.
     """
     if metrics is None:
-        return contextlib.nullcontext()
+        return _NO_TIMER
     if hasattr(metrics, "timer"):
         return metrics.timer(name)
     if hasattr(metrics, "timing"):

@@ -17,7 +17,7 @@ import numpy as np
 from taar.artifacts import ArtifactError
 from taar.hashing import item_id
 
-from .base import NO_ROWS, RowRecommender, check_limit, guid_ranks, top_indices
+from .base import NO_ROWS, RowRecommender, check_limit, guid_ranks, top_indices, top_rows
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +126,34 @@ class CollaborativeRecommender(RowRecommender):
         is_installed[installed] = True
         best = rows[~is_installed[rows]][:limit]
         return best, s[best]
+
+    def candidate_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
+        """:meth:`recommend_rows` in no particular order: all an ensemble sum needs.
+
+        The best ``limit + len(installed)`` eligible rows as a set, the installed
+        ones dropped; only when fewer than ``len(installed)`` were dropped are the
+        rest cut to the best ``limit``, as the ordered cut of :meth:`recommend_rows`.
+        """
+        limit = check_limit(limit)
+        if not self.can_recommend(profile, extra):
+            return NO_ROWS
+        s, installed = self.scores(profile)
+        if installed.size == 0:
+            return NO_ROWS
+        everything = self.eligible_rows_.shape[0] == s.shape[0]
+        pool = s if everything else s[self.eligible_rows_]
+        wanted = limit + installed.shape[0]
+        if wanted >= pool.shape[0]:
+            top = np.arange(pool.shape[0])
+        else:
+            top = top_rows(pool, self.eligible_rank_, wanted)
+        rows = top if everything else self.eligible_rows_[top]
+        is_installed = np.zeros(s.shape[0], dtype=bool)
+        is_installed[installed] = True
+        rows = rows[~is_installed[rows]]
+        if rows.shape[0] > limit:
+            rows = rows[top_rows(s[rows], self.guid_rank_[rows], limit)]
+        return rows, s[rows]
 
     def reference_rows(self, profile: Mapping, limit: int) -> tuple[np.ndarray, np.ndarray]:
         """Readable form of :meth:`recommend_rows`: rank every eligible, not installed row."""

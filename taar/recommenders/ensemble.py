@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import math
+from bisect import bisect_right
 from collections.abc import Mapping
+from itertools import accumulate
 
 import numpy as np
 
@@ -86,6 +88,11 @@ class EnsembleRecommender(Recommender):
             name: np.array([self.index_of_[g] for g in rec.candidate_guids_], dtype=np.int64)
             for name, rec in self.members_
         } if self.dense_ else {}
+        # what a dense request reads per member, looked up once here rather than per request
+        self.dense_members_ = tuple(
+            (name, rec, self.rows_to_index_[name], self.weights_[name], f"{name}_recommend",
+             hasattr(rec, "candidate_rows"))
+            for name, rec in self.members_) if self.dense_ else ()
         return self
 
     def can_recommend(self, profile: Mapping, extra: Mapping | None = None) -> bool:
@@ -117,10 +124,17 @@ class EnsembleRecommender(Recommender):
         results, answers = self.combine(profile, limit, extra, metrics)
         return results, self.contributions(answers, [g for g, _ in results])
 
-    def _ask(self, name, rec, profile, wanted, extra, metrics, dense: bool):
-        """One member's answer (rows and scores, or pairs), or None when it cannot or fails."""
-        with timer(metrics, f"{name}_recommend"):
+    def _ask(self, name, rec, profile, wanted, extra, metrics, dense: bool, timer_name=None,
+             unordered: bool = False):
+        """One member's answer (rows and scores, or pairs), or None when it cannot or fails.
+
+        ``unordered``: the member has ``candidate_rows`` (the rows of ``recommend_rows`` in
+        any order, empty when it cannot recommend), which is all a dense sum needs.
+        """
+        with timer(metrics, timer_name or f"{name}_recommend"):
             try:
+                if unordered:
+                    return rec.candidate_rows(profile, wanted, extra)
                 if not rec.can_recommend(profile, extra):
                     return None
                 if dense:
@@ -183,16 +197,16 @@ class EnsembleRecommender(Recommender):
             totals = np.zeros(n)
             touched = np.zeros(n, dtype=bool)
             answers = []
-            for name, rec in self.members_:
-                answer = self._ask(name, rec, profile, wanted, extra, metrics, dense=True)
+            for name, rec, to_index, weight, timer_name, unordered in self.dense_members_:
+                answer = self._ask(name, rec, profile, wanted, extra, metrics, True, timer_name, unordered)
                 if answer is None:
                     continue
                 rows, scores = answer
                 if rows.shape[0] == 0:
                     continue
-                index = self.rows_to_index_[name][rows]
-                weight = self.weights_[name]
+                index = to_index[rows]
                 # a member's rows are distinct, so this is one addition per GUID, in member order
+                # (the order of a member's rows does not matter: each GUID gets one term per member)
                 totals[index] += scores * weight
                 touched[index] = True
                 answers.append((name, weight, index, scores))
@@ -201,7 +215,7 @@ class EnsembleRecommender(Recommender):
                 i = index_of.get(guid)
                 if i is not None:
                     touched[i] = False
-            candidates = np.flatnonzero(touched)
+            candidates = touched.nonzero()[0]
             values = totals[candidates]
             if not np.isfinite(values).all():  # overflowed scores: the exact dictionary semantics
                 return None
@@ -227,16 +241,30 @@ class EnsembleRecommender(Recommender):
         return results, answers
 
     def contributions(self, answers, guids) -> dict[str, dict[str, float]]:
-        """``{guid: {member name: score × W_r}}`` for ``guids``, from :meth:`combine` answers."""
+        """``{guid: {member name: score × W_r}}`` for ``guids``, from :meth:`combine` answers.
+
+        On the dense path the members' candidate indices are searched in one
+        concatenated pass (a few GUIDs among hundreds of rows); the hits come out in
+        member order, so each GUID's dictionary has the same key order as a loop over
+        the members would give.
+        """
         if not answers or len(answers[0]) == 3:
             return contributions(answers, guids)
+        out: dict[str, dict[str, float]] = {g: {} for g in guids}
+        if not out:
+            return out
         wanted = np.zeros(len(self.guids_), dtype=bool)
         wanted[[self.index_of_[g] for g in guids]] = True
-        out: dict[str, dict[str, float]] = {g: {} for g in guids}
-        for name, weight, index, scores in answers:
-            hit = np.flatnonzero(wanted[index])
-            for i, score in zip(index[hit].tolist(), scores[hit].tolist(), strict=True):
-                out[self.guids_[i]][name] = score * weight
+        index = np.concatenate([a[2] for a in answers]) if len(answers) > 1 else answers[0][2]
+        hit = wanted[index].nonzero()[0]
+        if not hit.shape[0]:
+            return out
+        scores = np.concatenate([a[3] for a in answers]) if len(answers) > 1 else answers[0][3]
+        ends = list(accumulate(a[2].shape[0] for a in answers))  # answer k holds positions < ends[k]
+        guid_of = self.guids_
+        for position, i, score in zip(hit.tolist(), index[hit].tolist(), scores[hit].tolist(), strict=True):
+            name, weight = answers[bisect_right(ends, position)][:2]
+            out[guid_of[i]][name] = score * weight
         return out
 
 

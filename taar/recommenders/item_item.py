@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .base import NO_ROWS, RowRecommender, check_limit, guid_ranks, top_indices
+from .base import NO_ROWS, RowRecommender, check_limit, guid_ranks, top_indices, top_rows
 
 
 class ItemItemRecommender(RowRecommender):
@@ -55,6 +55,9 @@ class ItemItemRecommender(RowRecommender):
         self.indices_ = np.array([int(j) for r in rows for j, _ in r], dtype=np.int64)
         self.weights_ = np.array([float(w) for r in rows for _, w in r], dtype=np.float64)
         self.guid_rank_ = guid_ranks(self.guids_)
+        # (start, end) of each row as Python ints: a request slices without numpy scalar indexing
+        bounds = self.indptr_.tolist()
+        self.row_bounds_ = tuple(zip(bounds[:-1], bounds[1:], strict=True))
         return self
 
     def installed_rows(self, profile: Mapping) -> np.ndarray:
@@ -72,8 +75,9 @@ class ItemItemRecommender(RowRecommender):
         installed = self.installed_rows(profile)
         if installed.size == 0:
             return np.zeros(n), np.zeros(n, dtype=bool), installed
-        cols = np.concatenate([self.indices_[self.indptr_[i]:self.indptr_[i + 1]] for i in installed])
-        weights = np.concatenate([self.weights_[self.indptr_[i]:self.indptr_[i + 1]] for i in installed])
+        bounds = [self.row_bounds_[i] for i in installed.tolist()]
+        cols = np.concatenate([self.indices_[a:b] for a, b in bounds])
+        weights = np.concatenate([self.weights_[a:b] for a, b in bounds])
         s = np.bincount(cols, weights=weights, minlength=n)
         reached = np.bincount(cols, minlength=n) > 0
         return s, reached, installed
@@ -89,4 +93,16 @@ class ItemItemRecommender(RowRecommender):
         rows = np.flatnonzero(reached)
         best = rows[top_indices(s[rows], self.guid_rank_[rows], limit)]
         return best, s[best]
+
+    def candidate_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
+        """:meth:`recommend_rows` in row order (unsorted by score): all an ensemble sum needs."""
+        limit = check_limit(limit)
+        if not self.can_recommend(profile, extra):
+            return NO_ROWS
+        s, reached, installed = self.scores(profile)
+        reached[installed] = False
+        rows = reached.nonzero()[0]
+        if rows.shape[0] > limit:
+            rows = rows[top_rows(s[rows], self.guid_rank_[rows], limit)]
+        return rows, s[rows]
 

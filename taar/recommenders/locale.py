@@ -105,6 +105,10 @@ class LocaleRecommender(Recommender):
         rows, weights = self.top_rows_[key]
         return rows[:limit], weights[:limit]
 
+    def candidate_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
+        """:meth:`recommend_rows` (empty when it cannot recommend): what the ensemble asks."""
+        return self.recommend_rows(profile, limit, extra)
+
     def recommend(self, profile: Mapping, limit: int, extra: Mapping | None = None) -> list[tuple[str, float]]:
         limit = check_limit(limit)
         key = self.resolve(requested_locale(profile, extra))

@@ -125,11 +125,11 @@ class RecommendationManager:
         same uniforms go to the same positions, and only the chosen pairs are built.
         """
         if self.randomize:
-            chosen = sample_positions(weights, limit, rng).tolist()
-        else:
-            chosen = range(min(limit, weights.shape[0]))  # the pool is already in result order
-        index_list, weight_list = index.tolist(), weights.tolist()
-        return sort_pairs([(guids[index_list[i]], weight_list[i]) for i in chosen])
+            chosen = sample_positions(weights, limit, rng)
+            index, weights = index[chosen], weights[chosen]
+        else:  # the pool is already in result order
+            index, weights = index[:limit], weights[:limit]
+        return sort_pairs(zip(map(guids.__getitem__, index.tolist()), weights.tolist(), strict=True))
 
     def recommend(self, client_id: str, limit: int, extra: Mapping | None = None, seed: int | None = None,
                   metrics=None) -> Recommendation:
@@ -151,13 +151,13 @@ class RecommendationManager:
         """
         limit = check_limit(limit)
         seed = fresh_seed() if seed is None else int(seed)
-        rng = np.random.Generator(np.random.PCG64(seed))
         if is_test_id(client_id):
-            return self._recommend_test(client_id, limit, seed, rng, metrics)
+            return self._recommend_test(client_id, limit, seed, self._generator(seed), metrics)
         with timer(metrics, "profile_recommendation"):
             profile = self._fetcher().get(client_id)
             if profile is None:
                 return Recommendation([], {}, seed, False, True)
+            rng = self._generator(seed)
             ensemble = self.engine.ensemble
             ranked = ensemble.ranked(profile, self.pool_size(limit), extra, metrics)
             if ranked is None:  # the dictionary combine: may hold non-finite totals
@@ -169,10 +169,15 @@ class RecommendationManager:
                 results = self.select_ranked(ensemble.guids_, index, weights, limit, rng)
             sources = ensemble.contributions(answers, [g for g, _ in results])
         # DEBUG: the service puts the GUIDs and seed on its one request.summary line instead
-        logger.debug("Client recommendations results", extra={
-            "client_id": client_id, "guids": [g for g, _ in results], "seed": seed,
-            "model_versions": self.engine.model_versions})
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("Client recommendations results", extra={
+                "client_id": client_id, "guids": [g for g, _ in results], "seed": seed,
+                "model_versions": self.engine.model_versions})
         return Recommendation(results, sources, seed, False, False)
+
+    def _generator(self, seed: int) -> np.random.Generator | None:
+        """The request's generator; None when nothing is sampled (``randomize`` off): building one costs."""
+        return np.random.Generator(np.random.PCG64(seed)) if self.randomize else None
 
     def _recommend_test(self, client_id, limit, seed, rng, metrics) -> Recommendation:
         incr(metrics, "test_client")

@@ -25,7 +25,7 @@ from scipy import sparse
 
 from taar.profile import NUMBER_FIELDS, STRING_FIELDS
 
-from .base import NO_ROWS, RowRecommender, check_limit, top_indices
+from .base import NO_ROWS, RowRecommender, check_limit, top_indices, top_rows
 
 logger = logging.getLogger(__name__)
 
@@ -89,61 +89,115 @@ def nearest_points(xs: np.ndarray, dist: np.ndarray) -> np.ndarray:
     return np.where(np.abs(xs[hi] - dist) < np.abs(xs[lo] - dist), hi, lo)
 
 
-#: A bucketed lookup is used when no bucket holds more curve points than this (else binary search).
+#: A bucketed lookup is used when no bucket holds more thresholds than this (else binary search).
 MAX_BUCKET_POINTS = 4
+_SIGN = np.int64(-(2**63))
+_MAGNITUDE = np.int64(2**63 - 1)
+
+
+def _float_keys(values: np.ndarray) -> np.ndarray:
+    """An int64 per float64, in the same order as the floats (``-0.0`` and ``0.0`` both give 0)."""
+    bits = values.view(np.int64)
+    return np.where(bits < 0, -(bits & _MAGNITUDE), bits)
+
+
+def _key_floats(keys: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`_float_keys` (0 gives ``0.0``)."""
+    return np.where(keys < 0, (-keys) | _SIGN, keys).view(np.float64)
+
+
+def first_distances(xs: np.ndarray) -> np.ndarray:
+    """For k = 1 .. n-1, the smallest float64 whose :func:`nearest_points` answer is k.
+
+    ``xs`` must be finite and strictly increasing. Then ``nearest_points`` is a
+    non-decreasing step function of the distance that takes every value 0 .. n-1
+    (point k is its own nearest; between points k-1 and k the two rounded
+    differences move in opposite directions, so the answer switches once), and
+    ``nearest_points(xs, d)`` is the number of these thresholds ``<= d``. Each
+    threshold is found by bisection over the float64 values in ``(xs[k-1], xs[k]]``
+    (at most 64 halvings, all k at once), using ``nearest_points`` itself as the
+    oracle, so no rounding argument about midpoints is needed.
+    """
+    target = np.arange(1, xs.shape[0], dtype=np.int64)
+    lo, hi = _float_keys(xs[:-1]), _float_keys(xs[1:])  # nearest(lo) = k - 1 < k = nearest(hi)
+    while True:
+        mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # floor((lo + hi) / 2) without overflow
+        active = mid > lo
+        if not active.any():
+            return _key_floats(hi)
+        reaches = nearest_points(xs, _key_floats(mid)) >= target
+        hi = np.where(active & reaches, mid, hi)
+        lo = np.where(active & ~reaches, mid, lo)
 
 
 class PointLookup:
     """:func:`nearest_points` for one curve, from a bucket table instead of a binary search.
 
-    The range ``[xs[0], xs[-1]]`` is cut into ``2 × len(xs)`` equal buckets. A point
-    and a distance fall in bucket ``floor((v - xs[0]) × scale)``, a monotone function
-    in floating point, so every point of a lower bucket is below the distance and
-    every point of a higher bucket above it: the insertion index is ``start[b]`` plus
-    the points of the distance's own bucket that are below it (at most
-    ``max_points`` comparisons, vectorised). LR curves are evenly spaced (the
-    similarity job's ``linspace``), so a bucket holds at most one point; a curve
-    with clustered points (or fewer than two, or a non-finite span) gets
-    ``usable = False`` and the caller uses :func:`nearest_points`. The answer is
-    identical to :func:`nearest_points`; a binary search over unsorted distances
-    mispredicts a branch at almost every step, this does not.
+    The answer for a distance is the number of :func:`first_distances` thresholds
+    at or below it. The thresholds' range is cut into ``2 × len(xs)`` equal
+    buckets; a value falls in bucket ``clip((v - origin) × scale)`` truncated, a
+    non-decreasing function in floating point, so every threshold of a lower
+    bucket is below the distance and every threshold of a higher bucket above it:
+    the count is ``base[b]`` (thresholds in lower buckets) plus the thresholds of
+    the distance's own bucket that are at or below it (``first[:, b]``, NaN-padded,
+    at most ``max_points`` comparisons, vectorised). LR curves are evenly spaced
+    (the similarity job's ``linspace``), so a bucket holds at most one threshold and
+    a lookup is nine array operations. A curve with clustered points (or fewer
+    than two, or not strictly increasing) gets ``usable = False`` and the caller
+    uses :func:`nearest_points`. The answer is identical to
+    :func:`nearest_points` (checked at construction for every threshold and the
+    float just below it); a binary search over unsorted distances mispredicts a
+    branch at almost every step, this does not.
     """
 
     def __init__(self, xs: np.ndarray):
         self.xs = xs
         n = xs.shape[0]
-        span = float(xs[-1] - xs[0]) if n else 0.0
-        self.usable = n >= 2 and math.isfinite(span) and span > 0
+        self.usable = bool(n >= 2 and np.isfinite(xs).all() and (np.diff(xs) > 0).all())
         if not self.usable:
             return
-        self.origin = float(xs[0])
-        self.scale = 2 * n / span
-        buckets = np.floor((xs - self.origin) * self.scale).astype(np.int64)
-        self.n_buckets = int(buckets[-1]) + 2  # the last is empty: every point is below its distances
-        # start[b] = number of points in buckets < b
-        self.start = np.searchsorted(buckets, np.arange(self.n_buckets + 1), side="left")
-        self.max_points = int(np.diff(self.start).max())
+        thresholds = first_distances(xs)
+        below = np.nextafter(thresholds, -np.inf)
+        target = np.arange(1, n, dtype=np.int64)
+        if not ((nearest_points(xs, thresholds) == target).all()
+                and (nearest_points(xs, below) == target - 1).all()):
+            self.usable = False  # not expected for a finite increasing curve; the binary search is exact
+            return
+        self.origin = float(thresholds[0])
+        span = float(thresholds[-1]) - self.origin
+        self.scale = 2 * n / span if 0 < span < math.inf and 2 * n / span < math.inf else 1.0
+        self.top = math.inf  # no clipping from above while the thresholds are placed
+        raw = self.buckets(thresholds)
+        self.top = float(raw[-1] + 1)  # the last bucket is empty: it holds everything above
+        counts = np.bincount(raw, minlength=int(self.top) + 1)
+        self.max_points = int(counts.max())
         self.usable = self.max_points <= MAX_BUCKET_POINTS
+        # base[b] = thresholds in buckets < b; first[i, b] = the i-th threshold of bucket b, else NaN
+        self.base = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        self.first = np.full((self.max_points, counts.shape[0]), np.nan)
+        self.first[np.arange(n - 1) - self.base[raw], raw] = thresholds
+
+    def buckets(self, values: np.ndarray) -> np.ndarray:
+        """The bucket of each value: non-decreasing in the value; NaN goes to the last (empty) bucket."""
+        b = values - self.origin
+        b *= self.scale
+        np.fmin(b, self.top, out=b)  # fmin, not minimum: NaN becomes top
+        np.maximum(b, 0.0, out=b)
+        return b.astype(np.int64)  # non-negative: truncation is floor
 
     def nearest(self, dist: np.ndarray) -> np.ndarray:
-        """Same as ``nearest_points(xs, dist)``."""
-        xs = self.xs
-        if not self.usable or not np.isfinite(dist).all():
-            return nearest_points(xs, dist)
-        last = xs.shape[0] - 1
-        b = (dist - self.origin) * self.scale
-        np.clip(b, -1.0, self.n_buckets - 1, out=b)
-        b = b.astype(np.int64)  # truncation: (-1, 0) lands in bucket 0, whose points are all above
-        np.maximum(b, 0, out=b)
-        j = self.start[b]
-        end = self.start[b + 1]
-        for _ in range(self.max_points):  # count the bucket's points below each distance
-            below = j < end
-            below &= xs[np.minimum(j, last)] < dist
-            j += below
-        lo = np.maximum(j - 1, 0)
-        hi = np.minimum(j, last)
-        return np.where(np.abs(xs[hi] - dist) < np.abs(xs[lo] - dist), hi, lo)
+        """Same as ``nearest_points(xs, dist)``.
+
+        A NaN distance lands in the last bucket and compares False with every
+        threshold: the last point, as the binary search's insertion index ``n`` gives.
+        """
+        if not self.usable:
+            return nearest_points(self.xs, dist)
+        b = self.buckets(dist)
+        j = self.base[b]
+        for first in self.first:  # NaN padding compares False
+            j += dist >= first[b]
+        return j
 
 
 def _number(value) -> float:
@@ -216,14 +270,33 @@ class SimilarityRecommender(RowRecommender):
         # request-time helpers: |XD| for the canberra denominators, the curve's bucket table
         self.donor_x_abs_ = np.abs(self.donor_x_)
         self.point_lookup_ = PointLookup(self.xs_)
+        n_donors, width = self.donor_x_.shape
+        # the column of each entry of donor_x_ in C order: x_c.take(column) lines the client up with it
+        self.flat_columns_ = np.tile(np.arange(width, dtype=np.int64), n_donors)
+        # columns where some donor is 0: a client 0 there makes a zero canberra denominator
+        self.zero_columns_ = tuple(bool(z) for z in (self.donor_x_ == 0).any(axis=0))
+        # per categorical column, row k = whether each donor's code differs from k (int8 0/1); the
+        # last row (all 1) is the one code -1 (a value no donor has) selects
+        self.mismatch_ = tuple(
+            np.vstack([self.donor_c_[:, i] != np.arange(len(codes[i]))[:, None],
+                       np.ones((1, n_donors), dtype=bool)]).astype(np.int8)
+            for i in range(len(CATEGORICAL)))
         return self
 
     def can_recommend(self, profile: Mapping, extra: Mapping | None = None) -> bool:
-        return self.loaded_ and all(profile.get(f) is not None for f in FEATURES)
+        if not self.loaded_:
+            return False
+        get = profile.get
+        for f in FEATURES:  # a plain loop: cheaper than all() over a generator, per request
+            if get(f) is None:
+                return False
+        return True
 
     def encode(self, profile: Mapping) -> tuple[np.ndarray, np.ndarray]:
         """The client's continuous vector and categorical codes (-1 = matches no donor)."""
-        x_c = np.array([_number(profile.get(f)) for f in CONTINUOUS], dtype=np.float64)
+        # a finite float is the normalised profile's usual value: kept as it is, as _number would
+        x_c = np.array([v if type(v) is float and v - v == 0.0 else _number(v) for v in map(profile.get, CONTINUOUS)],
+                       dtype=np.float64)
         c_c = np.array([self.codes_[i].get(_string(profile.get(f)), -1) for i, f in enumerate(CATEGORICAL)],
                        dtype=np.int64)
         return x_c, c_c
@@ -234,32 +307,51 @@ class SimilarityRecommender(RowRecommender):
         return self.point_lookup_.nearest(self.distances(x_c, c_c))
 
     def distances(self, x_c: np.ndarray, c_c: np.ndarray) -> np.ndarray:
-        """``similarity_distances(donor_x_, donor_c_, x_c, c_c)`` for one client, with fewer temporaries.
+        """``similarity_distances(donor_x_, donor_c_, x_c, c_c)`` for one client, with fewer operations.
 
-        Same float operations: a zero denominator means both values are 0, so the
-        numerator is 0 too and dividing it by 1 gives the 0 the definition asks for.
+        The same float operations on the same values, bit for bit:
+
+        - the client's features are laid out beside ``donor_x_`` (one gather)
+          instead of broadcast, which numpy runs five elements at a time;
+        - a zero denominator means both values are 0, so the numerator is 0 too and
+          dividing it by 1 gives the 0 the definition asks for; it can only happen
+          in a column where the client and some donor are both 0, so the other
+          requests skip the search for zeros;
+        - the number of differing categoricals is the sum of three precomputed 0/1
+          rows (exact small integers, as the 0/1 matrix product gives), then ``/ 3``;
+        - the canberra row sums stay the same matrix-vector product on the same
+          C-ordered ``(n_donors, 5)`` array, so BLAS adds the terms in the same order.
         """
-        terms = self.donor_x_ - x_c
+        x_c = np.asarray(x_c, dtype=np.float64)
+        x_lined = x_c.take(self.flat_columns_).reshape(self.donor_x_.shape)
+        terms = self.donor_x_ - x_lined
         np.abs(terms, out=terms)
-        den = self.donor_x_abs_ + np.abs(x_c)
-        den[den == 0] = 1.0
+        den = np.abs(x_lined, out=x_lined)
+        den += self.donor_x_abs_
+        if any(z and v == 0 for z, v in zip(self.zero_columns_, x_c.tolist(), strict=True)):
+            den[den == 0] = 1.0
         terms /= den
         canberra = terms @ _ONES[: terms.shape[1]]
-        hamming = ((self.donor_c_ != c_c) @ _ONES[: len(CATEGORICAL)]) / len(CATEGORICAL)
+        codes = np.asarray(c_c).tolist()
+        differing = self.mismatch_[0][codes[0]] + self.mismatch_[1][codes[1]]
+        differing += self.mismatch_[2][codes[2]]
+        hamming = differing / len(CATEGORICAL)
         return (canberra + CANBERRA_OFFSET) * hamming
 
     def scores(self, profile: Mapping) -> np.ndarray:
         """Score of every GUID in ``guids_``: ``Aᵀ · (ℓ ⊙ [ℓ > 0])``."""
         points = self.curve_points(profile)
-        best = self.point_log_lr_or_ninf_[points].max() if points.size else -np.inf
-        if -np.inf < best < WEAK_LR_WARNING:
-            now = time.monotonic()
-            if now - _last_weak_warning[0] >= WEAK_LR_WARNING_INTERVAL_S:
-                _last_weak_warning[0] = now
-                logger.warning("similarity: best log-likelihood ratio %.4f is below %.1f (logged at most "
-                               "every %.0f s)", float(best), WEAK_LR_WARNING, WEAK_LR_WARNING_INTERVAL_S)
-        return self.donor_addons_t_ @ self.point_votes_[points]
-
+        votes = self.point_votes_[points]
+        # a vote >= the warning level means the best ln(LR) is too: only weak curves look further
+        if not (points.size and votes.max() >= WEAK_LR_WARNING):
+            best = self.point_log_lr_or_ninf_[points].max() if points.size else -np.inf
+            if -np.inf < best < WEAK_LR_WARNING:
+                now = time.monotonic()
+                if now - _last_weak_warning[0] >= WEAK_LR_WARNING_INTERVAL_S:
+                    _last_weak_warning[0] = now
+                    logger.warning("similarity: best log-likelihood ratio %.4f is below %.1f (logged at most "
+                                   "every %.0f s)", float(best), WEAK_LR_WARNING, WEAK_LR_WARNING_INTERVAL_S)
+        return self.donor_addons_t_ @ votes
 
     def recommend_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
         """:meth:`recommend` as ``(rows, scores)`` arrays (rows index ``candidate_guids_``)."""
@@ -267,10 +359,20 @@ class SimilarityRecommender(RowRecommender):
         if not self.can_recommend(profile, extra):
             return NO_ROWS
         s = self.scores(profile)
-        positive = np.flatnonzero(s > 0)
+        positive = (s > 0).nonzero()[0]
         best = positive[top_indices(s[positive], positive, limit)]
         return best, s[best]
 
+    def candidate_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
+        """:meth:`recommend_rows` in row order (unsorted by score): all an ensemble sum needs."""
+        limit = check_limit(limit)
+        if not self.can_recommend(profile, extra):
+            return NO_ROWS
+        s = self.scores(profile)
+        positive = (s > 0).nonzero()[0]
+        if positive.shape[0] > limit:
+            positive = positive[top_rows(s[positive], positive, limit)]
+        return positive, s[positive]
 
 
 def reference_scores(donors: Sequence[Mapping], lr_curves: Sequence, profile: Mapping) -> dict[str, float]:

@@ -170,3 +170,67 @@ def test_members_without_the_dense_interface_use_the_dictionary_path():
 def test_unknown_member_name_is_refused():
     with pytest.raises(ValueError, match="unknown ensemble members: nope"):
         EnsembleRecommender().fit(nope=StubRecommender([]))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_candidate_rows_are_the_recommended_rows_in_any_order(seed):
+    """What the dense sum reads (candidate_rows) is recommend_rows as a set, ties at the cut included."""
+    import numpy as np
+
+    from taar.recommenders import ItemItemRecommender
+
+    m = random_members(seed)
+    rng = np.random.default_rng(300 + seed)
+    guids = [f"g{i:02d}@x" for i in range(40)]
+    m["item_item"] = ItemItemRecommender().fit(item_item={  # coarse EASE weights: ties across rows
+        "guids": guids[:30], "lambda": 1.0, "top_k": 6,
+        "neighbours": [[[int(j), float(rng.choice([-1.0, 0.5, 1.0]))]
+                        for j in sorted(rng.choice([k for k in range(30) if k != i], 6, replace=False))]
+                       for i in range(30)]})
+    for _ in range(15):
+        profile = toy.profile(installed_addons=rng.choice([f"g{i:02d}@x" for i in range(40)], size=3,
+                                                          replace=False).tolist(),
+                              geo_city=str(rng.choice(["a", "b"])), locale="en-US",
+                              subsession_length=float(rng.integers(0, 5)))
+        for name, rec in m.items():
+            for limit in (0, 1, 2, 5, 12, 50):
+                rows, scores = rec.recommend_rows(profile, limit)
+                got_rows, got_scores = rec.candidate_rows(profile, limit)
+                assert sorted(zip(got_rows.tolist(), got_scores.tolist(), strict=True)) == sorted(
+                    zip(rows.tolist(), scores.tolist(), strict=True)), (name, limit)
+
+
+def test_top_rows_is_the_set_top_indices_picks_with_ties_at_the_cut():
+    import numpy as np
+
+    from taar.recommenders.base import top_indices, top_rows
+
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        n = int(rng.integers(2, 30))
+        scores = rng.integers(-3, 4, size=n).astype(float)  # coarse: many ties at the cut
+        tiebreak = rng.permutation(n)
+        for limit in range(0, n):
+            assert sorted(top_rows(scores, tiebreak, limit).tolist()) == sorted(
+                top_indices(scores, tiebreak, limit).tolist())
+
+
+def test_a_raising_dense_member_is_skipped_counted_and_timed(monkeypatch):
+    """candidate_rows (asked without can_recommend first) raising: skipped like a failing member."""
+    m = random_members(1)
+    weights = {"ensemble_weights": {"collaborative": 1.0, "similarity": 0.5, "locale": 0.25}}
+    dense = EnsembleRecommender().fit(**m, ensemble_weights=weights)
+    profile = toy.profile(installed_addons=["g01@x", "g12@x"], geo_city="a", locale="en-US")
+    without = EnsembleRecommender().fit(collaborative=m["collaborative"], locale=m["locale"],
+                                        ensemble_weights=weights)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(m["similarity"], "candidate_rows", boom)
+    metrics = RecordingMetrics()
+    results, _ = dense.combine(profile, 8, metrics=metrics)
+    assert results and results == without.combine(profile, 8)[0]
+    assert metrics.counters == {"error_similarity": 1}
+    assert sorted(metrics.timings) == ["collaborative_recommend", "ensemble_recommend", "locale_recommend",
+                                       "similarity_recommend"]

@@ -240,3 +240,41 @@ def test_client_distances_equal_the_shared_distance_function(seed):
     x_c, c_c = rec.encode(client)
     expected = similarity_distances(rec.donor_x_, rec.donor_c_, x_c, c_c)
     assert rec.distances(x_c, c_c).tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("xs", [
+    np.linspace(0.0, 5.0, 1000),
+    np.linspace(-2.0, 3.0, 7),
+    np.array([0.0, 1.0]),
+    np.array([-1e300, -1.0, 0.0, 5e-324, 1e300]),     # a span that overflows: keys, not differences
+    np.array([0.0, 0.1, 0.2, 0.25, 0.3, 4.0]),
+])
+def test_first_distances_are_where_the_nearest_point_steps_up(xs):
+    from taar.recommenders.similarity import PointLookup, first_distances
+
+    thresholds = first_distances(xs)
+    k = np.arange(1, len(xs))
+    # the defining property, float by float: the threshold answers k, the float just below it k - 1
+    assert nearest_points(xs, thresholds).tolist() == k.tolist()
+    assert nearest_points(xs, np.nextafter(thresholds, -np.inf)).tolist() == (k - 1).tolist()
+    lookup = PointLookup(xs)
+    around = np.concatenate([thresholds, np.nextafter(thresholds, np.inf), np.nextafter(thresholds, -np.inf),
+                             [np.inf, -np.inf, np.nan, 0.0, -0.0, 5e-324, -5e-324]])
+    assert lookup.nearest(around).tolist() == nearest_points(xs, around).tolist()
+
+
+def test_curves_that_are_not_strictly_increasing_use_the_binary_search():
+    from taar.recommenders.similarity import PointLookup
+
+    xs = np.array([0.0, 1.0, 1.0, 2.0])  # a repeated x: the answer jumps 1 -> 2 -> 3, not one step at a time
+    lookup = PointLookup(xs)
+    assert not lookup.usable
+    dist = np.array([0.9, 1.0, 1.4, 1.6])
+    # 0.9 and 1.0: one point below (0.0), nearer to xs[1]; 1.4: three below, |2 - 1.4| = 0.6 is not
+    # < |1 - 1.4| = 0.4, so xs[2]; 1.6: 0.4 < 0.6, so xs[3]
+    assert lookup.nearest(dist).tolist() == nearest_points(xs, dist).tolist() == [1, 1, 2, 3]
+
+
+def test_client_distances_accept_plain_lists(rec):
+    x_c, c_c = rec.encode(toy.profile())
+    assert rec.distances(x_c.tolist(), c_c.tolist()).tolist() == rec.distances(x_c, c_c).tolist()
