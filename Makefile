@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(PY) -m bench.profiles
 	$(PY) -m bench.profile_reads
 	$(PY) -m bench.serve
+	$(PY) -m bench.serve_baseline
 
 constraints: $(STAMP)
 	{ head -2 constraints.txt; $(PIP) freeze --exclude-editable | grep -v -iE '^(taar|pip|setuptools|wheel)=='; } > constraints.new
