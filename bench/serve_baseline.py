@@ -141,13 +141,17 @@ def summarise(loads: list[dict], rounds: int) -> tuple[dict, dict]:
             cell[field] = round(mean(values), 3) if None not in values else None
 
     def ratio(store, route, total=False):
-        def cost(code, i=None):
+        def costs(code):
             c = table[code][store][route]
-            pick = (lambda f: c[f]) if i is None else (lambda f: c[f + "_by_round"][i])
-            return pick("cpu_ms") + (pick("emulator_ms") if total else 0.0)
-        return {"base_ms": round(cost("base"), 3), "current_ms": round(cost("current"), 3),
-                "x_cheaper": round(cost("base") / cost("current"), 2),
-                "x_cheaper_by_round": [round(cost("base", i) / cost("current", i), 2) for i in range(rounds)]}
+            extra = c["emulator_ms_by_round"] if total else [0.0] * rounds
+            return [w + e for w, e in zip(c["cpu_ms_by_round"], extra, strict=True)]
+
+        base, current = costs("base"), costs("current")
+        # best of rounds: other load on a shared machine only ever adds CPU per request
+        return {"base_ms": round(mean(base), 3), "current_ms": round(mean(current), 3),
+                "x_cheaper": round(mean(base) / mean(current), 2),
+                "x_cheaper_by_round": [round(b / c, 2) for b, c in zip(base, current, strict=True)],
+                "x_cheaper_best_of_rounds": round(min(base) / min(current), 2)}
 
     head: dict = {}
     for store in table["base"]:
@@ -175,15 +179,15 @@ def print_report(table: dict, head: dict) -> None:
                       f"{seq(c['p99_ms_by_round'], '.1f'):>14} {seq(c['cpu_ms_by_round'], '.3f'):>20} "
                       f"{seq(c['emulator_ms_by_round'], '.3f'):>14}")
     print("\nBASE serves 3 ensemble members, the working tree 4 (item_item): the ratios are conservative.")
-    print("CPU ms per request, BASE / current (means over rounds; per round in brackets):")
+    print("CPU ms per request, BASE / current = x times cheaper (means over rounds; by round; best of rounds):")
     for name, h in head.items():
         if isinstance(h, dict):
-            print(f"  {name:<42} {h['base_ms']:>7.3f} / {h['current_ms']:<7.3f} = {h['x_cheaper']:>5.2f}x cheaper "
-                  f"({', '.join(f'{x:.2f}x' for x in h['x_cheaper_by_round'])})")
+            print(f"  {name:<40} {h['base_ms']:>6.3f} / {h['current_ms']:<6.3f} = {h['x_cheaper']:>5.2f}x  "
+                  f"({', '.join(f'{x:.2f}x' for x in h['x_cheaper_by_round'])}; best {h['x_cheaper_best_of_rounds']:.2f}x)")
     print("per-user / lbheartbeat throughput in this run:")
     for name, value in head.items():
         if not isinstance(value, dict):
-            print(f"  {name.removeprefix('per_user_over_lb_rps_'):<42} {value:.3f}")
+            print(f"  {name.removeprefix('per_user_over_lb_rps_'):<40} {value:.3f}")
 
 
 def main(argv=None) -> dict:
