@@ -26,23 +26,19 @@ import warnings
 import zlib
 from pathlib import Path
 
+from bench.serve import process_cpu_seconds
+
 OUT = Path("var/bench")
 TS_MS = 1_700_000_000_000
 DEADLINE_S = 0.15  # the service's default TAAR_PROFILE_TIMEOUT_MS
 WARMUP_READS = 100
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(read, keys: list[bytes], reads: int, emulator_pid: int) -> dict:
     """Per-read figures of ``read(key)`` over ``reads`` reads cycling through ``keys``."""
     for key in keys[:WARMUP_READS]:
         assert read(key) is not None
-    emulator0, cpu0, wall0 = process_cpu_s(emulator_pid), time.process_time(), time.perf_counter()
+    emulator0, cpu0, wall0 = process_cpu_seconds(emulator_pid), time.process_time(), time.perf_counter()
     for i in range(reads):
         if read(keys[i % len(keys)]) is None:
             raise RuntimeError("a loaded profile read back as missing")
@@ -50,7 +46,7 @@ def measure(read, keys: list[bytes], reads: int, emulator_pid: int) -> dict:
     return {
         "client_cpu_us": round((time.process_time() - cpu0) * per_read, 1),
         "wall_us": round((time.perf_counter() - wall0) * per_read, 1),
-        "emulator_cpu_us": round((process_cpu_s(emulator_pid) - emulator0) * per_read, 1),
+        "emulator_cpu_us": round((process_cpu_seconds(emulator_pid) - emulator0) * per_read, 1),
     }
 
 

@@ -197,14 +197,12 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User + system CPU seconds of the workers so far (``/proc/<pid>/stat``)."""
-        tick = os.sysconf("SC_CLK_TCK")
         total = 0.0
         for pid in self.worker_pids():
             try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
+                total += process_cpu_seconds(pid)
+            except OSError:  # a worker that exited since the listing
                 continue
-            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
         return total
 
     def worker_pids(self) -> list[int]:
@@ -343,7 +341,7 @@ def run_python(base: str, paths: list[str], duration_s: float, connections: int,
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of one process so far (``/proc/<pid>/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def measured_load(server, paths, duration_s, connections, label, client, cpu: dict, extra_pids=()) -> LoadResult:

@@ -107,14 +107,20 @@ class CollaborativeRecommender(RowRecommender):
         return self.factors_ @ user, installed
 
 
+    def _scored(self, profile: Mapping, extra: Mapping | None):
+        """``(s, R)`` of :meth:`scores` when the client can be scored (R not empty), else None."""
+        if not self.can_recommend(profile, extra):
+            return None
+        s, installed = self.scores(profile)
+        return None if installed.size == 0 else (s, installed)
+
     def recommend_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
         """:meth:`recommend` as ``(rows, scores)`` arrays (rows index ``candidate_guids_``)."""
         limit = check_limit(limit)
-        if not self.can_recommend(profile, extra):
+        scored = self._scored(profile, extra)
+        if scored is None:
             return NO_ROWS
-        s, installed = self.scores(profile)
-        if installed.size == 0:
-            return NO_ROWS
+        s, installed = scored
         # The best limit + len(installed) eligible rows, then the installed ones dropped: the same
         # rows as ranking eligible-minus-installed (eligible GUIDs are distinct, so the order is
         # total), without copying and gathering every row per request.
@@ -122,9 +128,7 @@ class CollaborativeRecommender(RowRecommender):
         top = top_indices(s if everything else s[self.eligible_rows_], self.eligible_rank_,
                           limit + installed.shape[0])
         rows = top if everything else self.eligible_rows_[top]
-        is_installed = np.zeros(s.shape[0], dtype=bool)
-        is_installed[installed] = True
-        best = rows[~is_installed[rows]][:limit]
+        best = _without(rows, installed, s.shape[0])[:limit]
         return best, s[best]
 
     def candidate_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
@@ -135,11 +139,10 @@ class CollaborativeRecommender(RowRecommender):
         rest cut to the best ``limit``, as the ordered cut of :meth:`recommend_rows`.
         """
         limit = check_limit(limit)
-        if not self.can_recommend(profile, extra):
+        scored = self._scored(profile, extra)
+        if scored is None:
             return NO_ROWS
-        s, installed = self.scores(profile)
-        if installed.size == 0:
-            return NO_ROWS
+        s, installed = scored
         everything = self.eligible_rows_.shape[0] == s.shape[0]
         pool = s if everything else s[self.eligible_rows_]
         wanted = limit + installed.shape[0]
@@ -147,10 +150,7 @@ class CollaborativeRecommender(RowRecommender):
             top = np.arange(pool.shape[0])
         else:
             top = top_rows(pool, self.eligible_rank_, wanted)
-        rows = top if everything else self.eligible_rows_[top]
-        is_installed = np.zeros(s.shape[0], dtype=bool)
-        is_installed[installed] = True
-        rows = rows[~is_installed[rows]]
+        rows = _without(top if everything else self.eligible_rows_[top], installed, s.shape[0])
         if rows.shape[0] > limit:
             rows = rows[top_rows(s[rows], self.guid_rank_[rows], limit)]
         return rows, s[rows]
@@ -166,3 +166,9 @@ class CollaborativeRecommender(RowRecommender):
         best = rows[top_indices(s[rows], self.guid_rank_[rows], limit)]
         return best, s[best]
 
+
+def _without(rows: np.ndarray, installed: np.ndarray, n_rows: int) -> np.ndarray:
+    """``rows`` (indices below ``n_rows``) without the ``installed`` ones, order kept."""
+    is_installed = np.zeros(n_rows, dtype=bool)
+    is_installed[installed] = True
+    return rows[~is_installed[rows]]
