@@ -5,6 +5,8 @@
 caller passes in ``extra`` lands in ``Fields``; a ``fields`` dict (the jobs'
 convention, ``extra={"fields": {...}}``) is merged in flat, and the formatter's
 ``context`` (a job's name, date and seed) is added to every record.
+:class:`RateLimitedLog` lets a repeated failure through once per interval with
+the number suppressed since (a store outage must not write a line per request).
 
 Standard library only, so that every package (``taar_web``, ``taar_etl``, jobs)
 can use it without pulling in the web stack.
@@ -15,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
+import time
 import traceback
 
 ENV_VERSION = "2.0"
@@ -22,6 +26,8 @@ LOGGER_NAME = "taar"
 #: Python level -> syslog severity.
 SYSLOG_SEVERITY = {50: 2, 40: 3, 30: 4, 20: 6, 10: 7}
 DEFAULT_SEVERITY = 7
+#: Default interval of :class:`RateLimitedLog`: one report a minute per process.
+LOG_INTERVAL_SECONDS = 60.0
 # LogRecord attributes that are not caller-provided fields.
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -72,3 +78,24 @@ class MozlogFormatter(logging.Formatter):
             "Pid": record.process,
             "Fields": self.fields(record),
         }, default=str)
+
+
+class RateLimitedLog:
+    """Lets one report through per ``interval_s``; counts the rest for the next report."""
+
+    def __init__(self, interval_s: float = LOG_INTERVAL_SECONDS, clock=time.monotonic):
+        self.interval_s = interval_s
+        self.clock = clock
+        self._last = None
+        self._suppressed = 0
+        self._lock = threading.Lock()
+
+    def allow(self) -> int | None:
+        """``None`` to stay quiet, else the number of reports suppressed since the last one."""
+        with self._lock:
+            now = self.clock()
+            if self._last is not None and now - self._last < self.interval_s:
+                self._suppressed += 1
+                return None
+            self._last, suppressed, self._suppressed = now, self._suppressed, 0
+            return suppressed

@@ -27,9 +27,13 @@ import time
 from markus.backends import BackendBase
 from markus.main import MetricsInterface, MetricsRecord
 
+from taar.logs import RateLimitedLog
+
 PREFIX = "taar"
 
 logger = logging.getLogger(__name__)
+#: A backend that fails on every request is reported once a minute per process, not once per request.
+_publish_failures = RateLimitedLog()
 
 
 class Metrics(MetricsInterface):
@@ -135,7 +139,10 @@ def end_request(token: contextvars.Token) -> None:
         try:
             metrics.publish_batch(items)
         except Exception:  # metrics must never fail a request
-            logger.warning("dropped %d metrics of a request", len(items), exc_info=True)
+            suppressed = _publish_failures.allow()
+            if suppressed is not None:
+                logger.warning("dropped %d metrics of a request (%d more failed requests since the last report)",
+                               len(items), suppressed, exc_info=True)
 
 
 def statsd_line(stat_type: str, key: str, value) -> str:

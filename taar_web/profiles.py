@@ -8,38 +8,15 @@ failures since, so a store outage cannot flood the log with tracebacks.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
+from taar.logs import LOG_INTERVAL_SECONDS, RateLimitedLog
 from taar.profile import decode_payload, normalise_profile
 from taar.storage import ProfileTimeout
 
 from . import sentry
 
 logger = logging.getLogger(__name__)
-
-LOG_INTERVAL_SECONDS = 60.0
-
-
-class RateLimitedLog:
-    """Lets one report through per ``interval_s``; counts the rest for the next report."""
-
-    def __init__(self, interval_s: float = LOG_INTERVAL_SECONDS, clock=time.monotonic):
-        self.interval_s = interval_s
-        self.clock = clock
-        self._last = None
-        self._suppressed = 0
-        self._lock = threading.Lock()
-
-    def allow(self) -> int | None:
-        """``None`` to stay quiet, else the number of reports suppressed since the last one."""
-        with self._lock:
-            now = self.clock()
-            if self._last is not None and now - self._last < self.interval_s:
-                self._suppressed += 1
-                return None
-            self._last, suppressed, self._suppressed = now, self._suppressed, 0
-            return suppressed
 
 
 class ProfileFetcher:

@@ -304,20 +304,40 @@ def test_backend_filters_still_apply_to_a_request_batch():
     assert [(r.key, r.tags) for r in backend.records] == [("taar.x", ["env:test"])]
 
 
-def test_a_failing_backend_does_not_fail_the_request(caplog):
+def test_a_failing_backend_does_not_fail_the_request_and_is_reported_once_a_minute(caplog, monkeypatch):
     from markus.backends import BackendBase
 
+    from taar.logs import RateLimitedLog
     from taar_web import metrics as metrics_module
 
     class Broken(BackendBase):
         def emit(self, record):
             raise RuntimeError("backend down")
 
+    monkeypatch.setattr(metrics_module, "_publish_failures", RateLimitedLog(60.0, clock=lambda: now[0]))
+    now = [0.0]
     metrics = Metrics([Broken()])
-    token = metrics_module.begin_request()
-    metrics.incr("x")
-    metrics_module.end_request(token)  # must not raise
-    assert any("dropped 1 metrics" in r.getMessage() for r in caplog.records)
+
+    def request(n_metrics):
+        token = metrics_module.begin_request()
+        for _ in range(n_metrics):
+            metrics.incr("x")
+        metrics_module.end_request(token)  # must not raise
+
+    def drops():
+        return [r for r in caplog.records if "dropped" in r.getMessage()]
+
+    request(1)
+    assert [r.getMessage() for r in drops()] == [
+        "dropped 1 metrics of a request (0 more failed requests since the last report)"]
+    assert drops()[0].exc_info is not None  # the first report carries the traceback
+    # a backend down on every request is reported once a minute, with the count of the quiet ones
+    for _ in range(3):
+        request(1)
+    now[0] = 61.0
+    request(2)
+    assert [r.getMessage() for r in drops()][1:] == [
+        "dropped 2 metrics of a request (3 more failed requests since the last report)"]
 
 
 def test_generated_request_ids_differ_between_forked_workers():

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
+from taar.logs import RateLimitedLog
 from taar.storage import ProfileTimeout, open_profile_store
-from taar_web.profiles import ProfileFetcher, RateLimitedLog
+from taar_web.profiles import ProfileFetcher
 from taar_web.sentry import REDACTED, scrub_event
 from tests.fixtures import web_models as fixtures
 
