@@ -12,17 +12,20 @@ Cheap by default: every timing also goes to the current request's
 (counter sums, timing count/mean/max, last gauge values) instead of a line per
 call. statsd is the production backend (RELEASING.md). During a request a
 metric call only appends to the request's batch; when the request ends the
-batch goes to the backends at once (statsd: one UDP packet, or a few, instead
-of one ``sendto`` per metric).
+batch goes to the backends at once (statsd: into a per-process buffer that
+leaves in full packets, so several requests share one ``sendto``).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import logging
+import os
 import socket
 import threading
 import time
+import weakref
 
 from markus.backends import BackendBase
 from markus.main import MetricsInterface, MetricsRecord
@@ -30,6 +33,10 @@ from markus.main import MetricsInterface, MetricsRecord
 from taar.logs import RateLimitedLog
 
 PREFIX = "taar"
+#: statsd packet payload limit: one Ethernet frame on a 1460-byte pod network (GKE's default MTU).
+STATSD_MAX_PACKET_BYTES = 1432
+#: A buffered statsd line leaves at most this long after it was recorded (statsd servers flush every 10 s).
+STATSD_FLUSH_INTERVAL_S = 0.5
 
 logger = logging.getLogger(__name__)
 #: A backend that fails on every request is reported once a minute per process, not once per request.
@@ -127,7 +134,7 @@ def begin_request() -> contextvars.Token:
 
 
 def end_request(token: contextvars.Token) -> None:
-    """Publish the request's metrics (statsd: one packet per ~512 bytes); never raises."""
+    """Publish the request's metrics to the backends (statsd: into its packet buffer); never raises."""
     batch = _batch.get() or []
     _batch.reset(token)
     if not batch:
@@ -156,12 +163,18 @@ def statsd_line(stat_type: str, key: str, value) -> str:
 
 
 class BatchingStatsdMetrics(BackendBase):
-    """A statsd backend: a request's metrics leave in one UDP packet (tags are dropped, as statsd has none).
+    """A statsd backend that packs many requests' metrics into each UDP packet (tags are dropped).
 
-    Lines are joined with newlines into packets of at most ``statsd_maxudpsize``
-    bytes (512: safe for any path MTU); a line is never split. Outside a request
-    each metric is sent at once. Send errors are swallowed: metrics must never
-    fail a request.
+    Lines are buffered per process and leave joined with newlines in packets of
+    at most ``statsd_maxudpsize`` bytes (default 1432: one Ethernet frame on a
+    1460-byte pod network, the payload common statsd clients use); a line is
+    never split. A packet leaves when the next line would not fit, when its
+    oldest line is ``flush_interval_s`` old (checked on every emit and by a
+    daemon thread in each process that has buffered lines), before the process
+    forks (so no child inherits, and sends again, the parent's lines) and at
+    exit. A ``sendto`` costs more than formatting a request's lines, so a
+    per-user request, whose lines take about a fifth of a packet, pays for about
+    a fifth of one. Send errors are swallowed: metrics must never fail a request.
     """
 
     def __init__(self, options=None, filters=None):
@@ -170,9 +183,21 @@ class BatchingStatsdMetrics(BackendBase):
         host, port = options.get("statsd_host", "localhost"), int(options.get("statsd_port", 8125))
         prefix = options.get("statsd_prefix")
         self.prefix = prefix + "." if prefix else ""
-        self.maxudpsize = int(options.get("statsd_maxudpsize", 512))
+        self.maxudpsize = int(options.get("statsd_maxudpsize", STATSD_MAX_PACKET_BYTES))
+        self.flush_interval_s = float(options.get("flush_interval_s", STATSD_FLUSH_INTERVAL_S))
+        self.clock = options.get("clock", time.monotonic)
         family, _, _, _, self.address = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0]
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self._reset_buffer()
+        _statsd_buffers.add(self)
+
+    def _reset_buffer(self) -> None:
+        """A fresh buffer, lock and flusher state (also the child's side of a fork)."""
+        self._lock = threading.Lock()
+        self._lines: list[str] = []
+        self._size = -1  # bytes of the joined lines (counts the newlines between them)
+        self._oldest = 0.0  # clock() when the first buffered line arrived
+        self._flusher_pid = None
 
     def _send(self, packet: str) -> None:
         try:
@@ -181,20 +206,91 @@ class BatchingStatsdMetrics(BackendBase):
             pass
 
     def emit(self, record):
-        self._send(statsd_line(record.stat_type, self.prefix + record.key, record.value))
+        self._add((statsd_line(record.stat_type, self.prefix + record.key, record.value),))
 
     def emit_batch(self, items) -> None:
-        prefix, limit = self.prefix, self.maxudpsize
-        packet, size = [], -1  # size counts the newlines between lines
-        for stat_type, key, value, _tags in items:
-            line = statsd_line(stat_type, prefix + key, value)
-            if packet and size + 1 + len(line) > limit:
-                self._send("\n".join(packet))
-                packet, size = [], -1
-            packet.append(line)
-            size += 1 + len(line)
-        if packet:
-            self._send("\n".join(packet))
+        prefix = self.prefix
+        self._add([statsd_line(stat_type, prefix + key, value) for stat_type, key, value, _tags in items])
+
+    def _add(self, lines) -> None:
+        packets = []
+        now = self.clock()
+        with self._lock:
+            buffered, size, limit = self._lines, self._size, self.maxudpsize
+            if not buffered:
+                self._oldest = now
+            for line in lines:
+                if buffered and size + 1 + len(line) > limit:
+                    packets.append("\n".join(buffered))
+                    buffered, size = [], -1
+                    self._oldest = now
+                buffered.append(line)
+                size += 1 + len(line)
+            if now - self._oldest >= self.flush_interval_s:
+                packets.append("\n".join(buffered))
+                buffered, size = [], -1
+            self._lines, self._size = buffered, size
+            start_flusher = bool(buffered) and self._flusher_pid is None
+            if start_flusher:
+                self._flusher_pid = pid = os.getpid()
+        for packet in packets:  # outside the lock: other threads keep buffering
+            self._send(packet)
+        if start_flusher:
+            threading.Thread(target=_flush_periodically, args=(weakref.ref(self), pid),
+                             name="taar-statsd-flush", daemon=True).start()
+
+    def flush(self, older_than_s: float = 0.0) -> None:
+        """Send the buffered lines now (only when the oldest is at least ``older_than_s`` old)."""
+        self._flush(older_than_s, None)
+
+    def _flush(self, older_than_s: float, flusher_pid: int | None) -> bool:
+        """:meth:`flush`; for the flusher thread of ``flusher_pid``: False when it should stop
+        (the buffer is empty, so the next emit starts a new one, or it was forked away)."""
+        with self._lock:
+            if flusher_pid is not None and (self._flusher_pid != flusher_pid or not self._lines):
+                if self._flusher_pid == flusher_pid:
+                    self._flusher_pid = None
+                return False
+            if not self._lines or self.clock() - self._oldest < older_than_s:
+                return True
+            packet = "\n".join(self._lines)
+            self._lines, self._size = [], -1
+        self._send(packet)
+        return True
+
+
+def _flush_periodically(ref: weakref.ref, pid: int) -> None:
+    """A process's flusher: sends lines older than the flush interval while any are buffered."""
+    while True:
+        backend = ref()  # a weak reference: a discarded backend ends its thread
+        if backend is None:
+            return
+        interval = backend.flush_interval_s
+        del backend
+        time.sleep(interval / 2)
+        backend = ref()
+        if backend is None or not backend._flush(interval, pid):
+            return
+        del backend
+
+
+#: Every statsd backend of this process, flushed before a fork and at exit.
+_statsd_buffers: weakref.WeakSet[BatchingStatsdMetrics] = weakref.WeakSet()
+
+
+def _flush_statsd_buffers() -> None:
+    for backend in list(_statsd_buffers):
+        backend.flush()
+
+
+def _forget_parent_buffers() -> None:
+    # the parent flushed them before forking; its lock may have been held by another thread
+    for backend in list(_statsd_buffers):
+        backend._reset_buffer()
+
+
+os.register_at_fork(before=_flush_statsd_buffers, after_in_child=_forget_parent_buffers)
+atexit.register(_flush_statsd_buffers)
 
 
 class AggregatingLoggingMetrics(BackendBase):

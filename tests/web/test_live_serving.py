@@ -172,3 +172,33 @@ def test_a_store_outage_at_startup_heals_within_one_refresh_interval(tmp_path, g
             assert healed_after <= interval + 3
             assert get_json(g.base + "/__heartbeat__")[0] == 200
             assert get_json(g.base + KNOWN_PATH)[1] == EXPECTED
+
+
+# --------------------------------------------------------------------------- statsd
+
+
+def test_statsd_metrics_of_many_requests_share_packets_under_gunicorn(tmp_path, model_store_dir, profile_uri):
+    import socket
+
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(10.0)
+    env = base_env(tmp_path, str(model_store_dir), profile_uri, TAAR_METRICS_BACKEND="statsd",
+                   STATSD_HOST="127.0.0.1", STATSD_PORT=str(receiver.getsockname()[1]),
+                   TAAR_MODEL_REFRESH_SECONDS="3600")
+    n = 20
+    try:
+        with Gunicorn(env, tmp_path) as g:
+            for _ in range(n):
+                assert get_json(g.base + KNOWN_PATH) == (200, EXPECTED)
+            packets, timers = [], 0
+            while timers < n:  # each request times profile_recommendation once; the buffer leaves in 0.5 s
+                packet = receiver.recv(65536)
+                packets.append(packet)
+                timers += sum(line.startswith(b"taar.profile_recommendation:") for line in packet.split(b"\n"))
+    finally:
+        receiver.close()
+    assert timers == n
+    assert all(len(p) <= 1432 for p in packets)
+    # a request sends ~8 lines (~280 bytes): several requests share each packet, not one packet each
+    assert len(packets) < n / 2, [len(p) for p in packets]

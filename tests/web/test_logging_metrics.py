@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 
 import pytest
 
@@ -180,33 +182,139 @@ def test_logging_backend_aggregates_into_one_line_per_interval(caplog):
     assert len([r for r in caplog.records if r.name == "taar.metrics"]) == 1
 
 
-def test_statsd_metrics_of_a_request_leave_in_one_packet():
-    import socket
-
+def test_statsd_lines_of_several_requests_share_a_packet_that_leaves_when_full_or_flushed():
     from taar_web import metrics as metrics_module
     from taar_web.metrics import BatchingStatsdMetrics
 
-    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    receiver.bind(("127.0.0.1", 0))
-    receiver.settimeout(2.0)
+    receiver = _udp_receiver()
+    now = [0.0]
     try:
-        backend = BatchingStatsdMetrics(options={"statsd_host": "127.0.0.1",
-                                                 "statsd_port": receiver.getsockname()[1]})
+        # "taar.profile_fetch:2.000000|ms" is 30 bytes, "taar.profile_not_found:1|c" 26: a request's
+        # two lines joined are 57 bytes; 120 bytes hold two requests (115), not three (173)
+        backend = BatchingStatsdMetrics(options={"statsd_host": "127.0.0.1", "statsd_maxudpsize": 120,
+                                                 "statsd_port": receiver.getsockname()[1],
+                                                 "clock": lambda: now[0], "flush_interval_s": 60.0})
         metrics = Metrics([backend])
-        token = metrics_module.begin_request()
-        metrics.timing("profile_fetch", 2)
-        metrics.incr("profile_not_found")
-        metrics.timing("ensemble_recommend", 3)
+
+        def request():
+            token = metrics_module.begin_request()
+            metrics.timing("profile_fetch", 2)
+            metrics.incr("profile_not_found")
+            metrics_module.end_request(token)
+
+        request()
+        request()
         receiver.setblocking(False)
         with pytest.raises(BlockingIOError):
-            receiver.recv(4096)  # nothing sent during the request
+            receiver.recv(4096)  # two requests buffered: nothing sent yet
         receiver.setblocking(True)
-        metrics_module.end_request(token)
-        packet = receiver.recv(4096).decode()
-        assert packet.split("\n") == ["taar.profile_fetch:2.000000|ms", "taar.profile_not_found:1|c",
-                                       "taar.ensemble_recommend:3.000000|ms"]
-        metrics.incr("outside")  # outside a request: sent at once
-        assert receiver.recv(4096).decode() == "taar.outside:1|c"
+        request()  # its first line does not fit: the two earlier requests leave together
+        one_request = ["taar.profile_fetch:2.000000|ms", "taar.profile_not_found:1|c"]
+        assert receiver.recv(4096).decode().split("\n") == one_request * 2
+        metrics.incr("outside")  # outside a request: buffered the same way
+        backend.flush()
+        assert receiver.recv(4096).decode().split("\n") == [*one_request, "taar.outside:1|c"]
+        backend.flush()  # nothing buffered: nothing sent
+        receiver.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            receiver.recv(4096)
+    finally:
+        receiver.close()
+
+
+def test_a_buffered_statsd_line_leaves_once_it_is_older_than_the_flush_interval():
+    from taar_web import metrics as metrics_module
+    from taar_web.metrics import BatchingStatsdMetrics
+
+    receiver = _udp_receiver()
+    now = [0.0]
+    try:
+        backend = BatchingStatsdMetrics(options={"statsd_host": "127.0.0.1", "statsd_port": receiver.getsockname()[1],
+                                                 "clock": lambda: now[0], "flush_interval_s": 3600.0})
+        metrics = Metrics([backend])
+        metrics.incr("a")
+        now[0] = 3599.0
+        metrics.incr("b")  # the buffer is 3599 s old: not yet
+        receiver.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            receiver.recv(4096)
+        receiver.setblocking(True)
+        now[0] = 3600.0
+        token = metrics_module.begin_request()
+        metrics.incr("c")
+        metrics_module.end_request(token)  # the emit that finds the buffer one interval old sends it
+        assert receiver.recv(4096).decode().split("\n") == ["taar.a:1|c", "taar.b:1|c", "taar.c:1|c"]
+    finally:
+        receiver.close()
+
+
+def test_an_idle_process_still_sends_its_buffered_statsd_lines():
+    from taar_web.metrics import BatchingStatsdMetrics
+
+    receiver = _udp_receiver()
+    receiver.settimeout(10.0)
+    try:
+        backend = BatchingStatsdMetrics(options={"statsd_host": "127.0.0.1", "statsd_port": receiver.getsockname()[1],
+                                                 "flush_interval_s": 0.2})
+        before = set(threading.enumerate())
+        Metrics([backend]).incr("lonely")
+        flushers = [t for t in set(threading.enumerate()) - before if t.name == "taar-statsd-flush"]
+        assert len(flushers) == 1
+        # no further emit: the process's flusher thread sends it (well within the receiver's 10 s)
+        assert receiver.recv(4096).decode() == "taar.lonely:1|c"
+        deadline = time.monotonic() + 10
+        while any(t.is_alive() for t in flushers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(t.is_alive() for t in flushers)  # an empty buffer ends the thread
+        Metrics([backend]).incr("again")  # and the next line starts a new one
+        assert receiver.recv(4096).decode() == "taar.again:1|c"
+    finally:
+        receiver.close()
+
+
+def test_a_forked_child_never_sends_its_parents_statsd_lines_again():
+    import os
+
+    from taar_web.metrics import BatchingStatsdMetrics
+
+    receiver = _udp_receiver()
+    try:
+        backend = BatchingStatsdMetrics(options={"statsd_host": "127.0.0.1", "statsd_port": receiver.getsockname()[1],
+                                                 "flush_interval_s": 3600.0})
+        metrics = Metrics([backend])
+        metrics.incr("parent")
+        pid = os.fork()  # the parent's lines leave before the fork
+        if pid == 0:  # child: its own line only, then exit (as a gunicorn worker's atexit flush would)
+            try:
+                metrics.incr("child")
+                backend.flush()
+            finally:
+                os._exit(0)
+        assert os.waitpid(pid, 0)[1] == 0
+        packets = sorted(receiver.recv(4096).decode() for _ in range(2))
+        assert packets == ["taar.child:1|c", "taar.parent:1|c"]
+        receiver.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            receiver.recv(4096)  # no third packet: the child did not resend "parent"
+    finally:
+        receiver.close()
+
+
+def test_buffered_statsd_lines_leave_when_the_process_exits(tmp_path):
+    import subprocess
+    import sys
+
+    receiver = _udp_receiver()
+    receiver.settimeout(30.0)
+    script = (
+        "from taar_web.metrics import BatchingStatsdMetrics, Metrics\n"
+        f"backend = BatchingStatsdMetrics(options={{'statsd_host': '127.0.0.1', 'statsd_port': "
+        f"{receiver.getsockname()[1]}, 'flush_interval_s': 3600.0}})\n"
+        "Metrics([backend]).incr('last_words')\n"
+    )
+    try:
+        subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+        assert receiver.recv(4096).decode() == "taar.last_words:1|c"
     finally:
         receiver.close()
 
@@ -250,15 +358,19 @@ def test_statsd_packets_stay_under_the_size_limit_and_never_split_a_line():
     receiver = _udp_receiver()
     try:
         backend = BatchingStatsdMetrics(options={"statsd_host": "127.0.0.1", "statsd_maxudpsize": 100,
-                                                 "statsd_port": receiver.getsockname()[1]})
+                                                 "statsd_port": receiver.getsockname()[1],
+                                                 "flush_interval_s": 3600.0})
         metrics = Metrics([backend])
         token = metrics_module.begin_request()
         for i in range(10):
             metrics.timing(f"t{i}", i)  # "taar.t0:0.000000|ms" is 19 characters
         metrics.gauge("g", -2)  # negative gauge: reset to 0 first, both lines in one packet
         metrics_module.end_request(token)
-        # 10 lines of 19 + 9 newlines... packed greedily under 100 bytes: 5 lines = 5 * 19 + 4 = 99 bytes
-        packets = [receiver.recv(4096).decode() for _ in range(3)]
+        # 10 lines of 19 + 9 newlines... packed greedily under 100 bytes: 5 lines = 5 * 19 + 4 = 99 bytes;
+        # two full packets leave, the gauge pair waits for the flush
+        packets = [receiver.recv(4096).decode() for _ in range(2)]
+        backend.flush()
+        packets.append(receiver.recv(4096).decode())
     finally:
         receiver.close()
     assert [len(p) for p in packets[:2]] == [99, 99]
