@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from bisect import bisect_right
 from collections.abc import Mapping
-from itertools import accumulate
 
 import numpy as np
 
@@ -193,10 +191,7 @@ class EnsembleRecommender(Recommender):
         installed = profile.get("installed_addons") or ()
         wanted = limit + len(installed)
         with timer(metrics, "ensemble_recommend"):
-            n = len(self.guids_)
-            totals = np.zeros(n)
-            touched = np.zeros(n, dtype=bool)
-            answers = []
+            answers = DenseAnswers()
             for name, rec, to_index, weight, timer_name, unordered in self.dense_members_:
                 answer = self._ask(name, rec, profile, wanted, extra, metrics, True, timer_name, unordered)
                 if answer is None:
@@ -204,22 +199,31 @@ class EnsembleRecommender(Recommender):
                 rows, scores = answer
                 if rows.shape[0] == 0:
                     continue
-                index = to_index[rows]
-                # a member's rows are distinct, so this is one addition per GUID, in member order
-                # (the order of a member's rows does not matter: each GUID gets one term per member)
-                totals[index] += scores * weight
-                touched[index] = True
-                answers.append((name, weight, index, scores))
+                answers.append((name, weight, to_index[rows], scores))
+            if not answers:
+                return NO_RANKING[0], NO_RANKING[1], answers
+            answers.seal()
+            n = len(self.guids_)
+            # bincount adds each GUID's terms one by one from 0.0 in the order given, member order:
+            # the additions of SPEC §5.5's per-GUID sum (a member's rows are distinct, one term each)
+            totals = np.bincount(answers.index, weights=answers.weighted, minlength=n)
+            touched = np.zeros(n, dtype=bool)
+            touched[answers.index] = True
             index_of = self.index_of_
             for guid in installed:
                 i = index_of.get(guid)
                 if i is not None:
                     touched[i] = False
-            candidates = touched.nonzero()[0]
+            candidates = touched.nonzero()[0]  # ascending: GUID order
             values = totals[candidates]
             if not np.isfinite(values).all():  # overflowed scores: the exact dictionary semantics
                 return None
-            order = top_indices(values, candidates, limit)
+            if values.shape[0] <= SORT_ALL * limit:
+                # a stable sort of ascending candidates by -total: total descending, ties GUID ascending,
+                # the order top_indices gives; cheaper than its partition while the pool is most of it
+                order = np.negative(values).argsort(kind="stable")[:limit]
+            else:
+                order = top_indices(values, candidates, limit)
         return candidates[order], values[order], answers
 
     def _combine_dict(self, profile, limit, extra, metrics, installed, wanted):
@@ -253,19 +257,61 @@ class EnsembleRecommender(Recommender):
         out: dict[str, dict[str, float]] = {g: {} for g in guids}
         if not out:
             return out
+        if not isinstance(answers, DenseAnswers):
+            answers = DenseAnswers(answers)
+        answers.seal()
         wanted = np.zeros(len(self.guids_), dtype=bool)
         wanted[[self.index_of_[g] for g in guids]] = True
-        index = np.concatenate([a[2] for a in answers]) if len(answers) > 1 else answers[0][2]
+        index = answers.index
         hit = wanted[index].nonzero()[0]
         if not hit.shape[0]:
             return out
-        scores = np.concatenate([a[3] for a in answers]) if len(answers) > 1 else answers[0][3]
-        ends = list(accumulate(a[2].shape[0] for a in answers))  # answer k holds positions < ends[k]
-        guid_of = self.guids_
-        for position, i, score in zip(hit.tolist(), index[hit].tolist(), scores[hit].tolist(), strict=True):
-            name, weight = answers[bisect_right(ends, position)][:2]
-            out[guid_of[i]][name] = score * weight
+        # the member of each hit: answer k holds the positions below ends[k]
+        member = answers.ends.searchsorted(hit, side="right").tolist()
+        names, guid_of = answers.names, self.guids_
+        for k, i, value in zip(member, index[hit].tolist(), answers.weighted[hit].tolist(), strict=True):
+            out[guid_of[i]][names[k]] = value
         return out
+
+
+#: Rank the whole candidate pool with one stable sort while it holds at most this many times the
+#: entries wanted (a speed choice only: both ways give the same order).
+SORT_ALL = 3
+
+NO_RANKING = (np.empty(0, dtype=np.int64), np.empty(0))
+
+
+class DenseAnswers(list):
+    """The dense path's member answers ``(name, W_r, candidate indices, scores)``, a list as before,
+    plus their concatenation once :meth:`seal` is called (the sum and the explanations both read it).
+
+    Attributes (after :meth:`seal`)
+    -------------------------------
+    index : ndarray of int
+        Every answer's candidate indices, member after member.
+    weighted : ndarray of float
+        ``score × W_r`` alongside (the contribution of SPEC §4.5, computed once).
+    ends : ndarray of int
+        Answer k holds the positions below ``ends[k]``.
+    names : list of str
+        Each answer's member name.
+    """
+
+    sealed = False
+
+    def seal(self) -> None:
+        """Concatenate the answers (once; the list is not changed afterwards)."""
+        if self.sealed:
+            return
+        if len(self) == 1:
+            _, weight, self.index, scores = self[0]
+            self.weighted = scores * weight
+        else:
+            self.index = np.concatenate([a[2] for a in self])
+            self.weighted = np.concatenate([a[3] * a[1] for a in self])
+        self.ends = np.cumsum([a[2].shape[0] for a in self])
+        self.names = [a[0] for a in self]
+        self.sealed = True
 
 
 def contributions(answers, guids) -> dict[str, dict[str, float]]:

@@ -73,12 +73,16 @@ def sample_positions(weights: np.ndarray, size: int, rng: np.random.Generator) -
     size = min(int(size), n)
     if size <= 0:
         return np.empty(0, dtype=np.int64)
-    p = selection_probabilities(weights)
+    # selection_probabilities with the sign folded in: x / -t is exactly -(x / t) (round to nearest
+    # is symmetric), so ln(u) / -p is exactly -(ln(u) / p) = -key, one negation fewer
+    shifted = weights - weights.min()
+    shifted += EPSILON
+    negative_p = shifted / -shifted.sum()
     u = rng.random(n)
     with np.errstate(divide="ignore"):
-        keys = np.log(u) / p  # u == 0 gives -inf: never preferred over a real key
-    # the `size` largest keys; equal keys (practically impossible) resolve by position
-    return np.lexsort((np.arange(n), -keys))[:size]
+        negative_keys = np.log(u) / negative_p  # u == 0 gives a +inf: never preferred over a real key
+    # the `size` largest keys; equal keys (practically impossible) resolve by position (a stable sort)
+    return negative_keys.argsort(kind="stable")[:size]
 
 
 def reference_weighted_sample(candidates, size, rng) -> list[tuple[str, float]]:
