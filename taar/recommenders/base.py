@@ -161,6 +161,24 @@ def top_indices(scores: np.ndarray, tiebreak: np.ndarray, limit: int) -> np.ndar
     return idx[order[:limit]]
 
 
+def ascending_order(keys: np.ndarray, count: int) -> np.ndarray:
+    """``keys.argsort(kind="stable")[:count]``: the ``count`` smallest keys, equal keys by position.
+
+    A stable sort is the definition; numpy's default (unstable) sort is several times
+    faster and orders equal keys arbitrarily, so its answer is kept only when the first
+    ``count + 1`` sorted keys are pairwise different and not NaN. Then each of the first
+    ``count`` keys occurs once in ``keys`` (the sorted sequence is the same for any
+    algorithm, and the key after them is larger), so both sorts put the same position
+    at each of those places. Otherwise (ties, practically only for coarse scores) the
+    stable sort is made.
+    """
+    order = keys.argsort()
+    head = keys[order[: count + 1]]
+    if head.shape[0] and (head[-1] != head[-1] or (head[1:] == head[:-1]).any()):  # NaN sorts last
+        return keys.argsort(kind="stable")[:count]
+    return order[:count]
+
+
 def top_rows(scores: np.ndarray, tiebreak: np.ndarray, limit: int) -> np.ndarray:
     """The entries :func:`top_indices` picks, in no particular order; ``limit < len(scores)``.
 

@@ -12,13 +12,24 @@ from __future__ import annotations
 
 import logging
 import math
+from bisect import bisect_right
 from collections.abc import Mapping
+from itertools import accumulate
 
 import numpy as np
 
 from taar.artifacts import LEGACY_MISSING_WEIGHTS, ArtifactError
 
-from .base import ENSEMBLE_MEMBERS, Recommender, check_limit, incr, sort_pairs, timer, top_indices
+from .base import (
+    ENSEMBLE_MEMBERS,
+    Recommender,
+    ascending_order,
+    check_limit,
+    incr,
+    sort_pairs,
+    timer,
+    top_indices,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -219,9 +230,10 @@ class EnsembleRecommender(Recommender):
             if not np.isfinite(values).all():  # overflowed scores: the exact dictionary semantics
                 return None
             if values.shape[0] <= SORT_ALL * limit:
-                # a stable sort of ascending candidates by -total: total descending, ties GUID ascending,
-                # the order top_indices gives; cheaper than its partition while the pool is most of it
-                order = np.negative(values).argsort(kind="stable")[:limit]
+                # ascending candidates sorted by -total, equal totals by position: total descending,
+                # ties GUID ascending, the order top_indices gives; cheaper than its partition
+                # while the pool is most of the candidates
+                order = ascending_order(np.negative(values), limit)
             else:
                 order = top_indices(values, candidates, limit)
         return candidates[order], values[order], answers
@@ -266,11 +278,10 @@ class EnsembleRecommender(Recommender):
         hit = wanted[index].nonzero()[0]
         if not hit.shape[0]:
             return out
-        # the member of each hit: answer k holds the positions below ends[k]
-        member = answers.ends.searchsorted(hit, side="right").tolist()
-        names, guid_of = answers.names, self.guids_
-        for k, i, value in zip(member, index[hit].tolist(), answers.weighted[hit].tolist(), strict=True):
-            out[guid_of[i]][names[k]] = value
+        names, ends, guid_of = answers.names, answers.ends, self.guids_
+        for position, i, value in zip(hit.tolist(), index[hit].tolist(), answers.weighted[hit].tolist(),
+                                      strict=True):
+            out[guid_of[i]][names[bisect_right(ends, position)]] = value  # answer k: positions < ends[k]
         return out
 
 
@@ -291,7 +302,7 @@ class DenseAnswers(list):
         Every answer's candidate indices, member after member.
     weighted : ndarray of float
         ``score × W_r`` alongside (the contribution of SPEC §4.5, computed once).
-    ends : ndarray of int
+    ends : list of int
         Answer k holds the positions below ``ends[k]``.
     names : list of str
         Each answer's member name.
@@ -309,7 +320,7 @@ class DenseAnswers(list):
         else:
             self.index = np.concatenate([a[2] for a in self])
             self.weighted = np.concatenate([a[3] * a[1] for a in self])
-        self.ends = np.cumsum([a[2].shape[0] for a in self])
+        self.ends = list(accumulate(a[2].shape[0] for a in self))
         self.names = [a[0] for a in self]
         self.sealed = True
 

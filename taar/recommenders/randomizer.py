@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .base import sort_pairs
+from .base import ascending_order, sort_pairs
 
 EPSILON = float(np.finfo(np.float64).eps)
 
@@ -82,7 +82,7 @@ def sample_positions(weights: np.ndarray, size: int, rng: np.random.Generator) -
     with np.errstate(divide="ignore"):
         negative_keys = np.log(u) / negative_p  # u == 0 gives a +inf: never preferred over a real key
     # the `size` largest keys; equal keys (practically impossible) resolve by position (a stable sort)
-    return negative_keys.argsort(kind="stable")[:size]
+    return ascending_order(negative_keys, size)
 
 
 def reference_weighted_sample(candidates, size, rng) -> list[tuple[str, float]]:
