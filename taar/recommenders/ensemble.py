@@ -150,9 +150,14 @@ class EnsembleRecommender(Recommender):
                     return rec.recommend_rows(profile, wanted, extra)
                 return rec.recommend(profile, wanted, extra)
             except Exception:
-                logger.exception("ensemble: %s recommender failed; skipped", name)
-                incr(metrics, f"error_{name}")
+                self._failed(name, metrics)
                 return None
+
+    @staticmethod
+    def _failed(name, metrics) -> None:
+        """A member raised: log it with its traceback (inside the ``except``) and count it."""
+        logger.exception("ensemble: %s recommender failed; skipped", name)
+        incr(metrics, f"error_{name}")
 
     def combine(self, profile: Mapping, limit: int, extra: Mapping | None = None,
                 metrics=None) -> tuple[list[tuple[str, float]], list[tuple]]:
@@ -204,10 +209,18 @@ class EnsembleRecommender(Recommender):
         with timer(metrics, "ensemble_recommend"):
             answers = DenseAnswers()
             for name, rec, to_index, weight, timer_name, unordered in self.dense_members_:
-                answer = self._ask(name, rec, profile, wanted, extra, metrics, True, timer_name, unordered)
-                if answer is None:
-                    continue
-                rows, scores = answer
+                if unordered:  # _ask's candidate_rows branch, without a call per member
+                    with timer(metrics, timer_name):
+                        try:
+                            rows, scores = rec.candidate_rows(profile, wanted, extra)
+                        except Exception:
+                            self._failed(name, metrics)
+                            continue
+                else:
+                    answer = self._ask(name, rec, profile, wanted, extra, metrics, True, timer_name)
+                    if answer is None:
+                        continue
+                    rows, scores = answer
                 if rows.shape[0] == 0:
                     continue
                 answers.append((name, weight, to_index[rows], scores))

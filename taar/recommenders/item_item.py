@@ -30,6 +30,8 @@ class ItemItemRecommender(RowRecommender):
     indptr_, indices_, weights_ : ndarray
         The neighbour lists in CSR form: row i's columns are
         ``indices_[indptr_[i]:indptr_[i + 1]]`` with ``weights_`` alongside.
+    row_indices_, row_weights_ : tuple of ndarray
+        Those slices, row by row (views, made once by ``fit``).
     guid_rank_ : ndarray of int
         Tie-break rank of each GUID.
     loaded_ : bool
@@ -58,6 +60,9 @@ class ItemItemRecommender(RowRecommender):
         # (start, end) of each row as Python ints: a request slices without numpy scalar indexing
         bounds = self.indptr_.tolist()
         self.row_bounds_ = tuple(zip(bounds[:-1], bounds[1:], strict=True))
+        # each row's columns and weights as ready-made slices: a request only picks them
+        self.row_indices_ = tuple(self.indices_[a:b] for a, b in self.row_bounds_)
+        self.row_weights_ = tuple(self.weights_[a:b] for a, b in self.row_bounds_)
         return self
 
     def installed_rows(self, profile: Mapping) -> np.ndarray:
@@ -75,11 +80,11 @@ class ItemItemRecommender(RowRecommender):
         installed = self.installed_rows(profile)
         if installed.size == 0:
             return np.zeros(n), np.zeros(n, dtype=bool), installed
-        bounds = [self.row_bounds_[i] for i in installed.tolist()]
-        cols = np.concatenate([self.indices_[a:b] for a, b in bounds])
-        weights = np.concatenate([self.weights_[a:b] for a, b in bounds])
-        s = np.bincount(cols, weights=weights, minlength=n)
-        reached = np.bincount(cols, minlength=n) > 0
+        rows = installed.tolist()
+        cols = np.concatenate([self.row_indices_[i] for i in rows])
+        s = np.bincount(cols, weights=np.concatenate([self.row_weights_[i] for i in rows]), minlength=n)
+        reached = np.zeros(n, dtype=bool)
+        reached[cols] = True
         return s, reached, installed
 
 

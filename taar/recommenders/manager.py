@@ -128,7 +128,7 @@ class RecommendationManager:
         holds more than ``limit`` entries (else every entry is chosen, whatever the keys).
         """
         if self.randomize and weights.shape[0] > limit:
-            chosen = sample_positions(weights, limit, rng)
+            chosen = sample_positions(weights, limit, rng, descending=True)
             chosen.sort()
             index, weights = index[chosen], weights[chosen]
         else:
