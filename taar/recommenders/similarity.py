@@ -163,15 +163,22 @@ class PointLookup:
                 and (nearest_points(xs, below) == target - 1).all()):
             self.usable = False  # not expected for a finite increasing curve; the binary search is exact
             return
-        self.origin = float(thresholds[0])
-        span = float(thresholds[-1]) - self.origin
-        self.scale = 2 * n / span if 0 < span < math.inf and 2 * n / span < math.inf else 1.0
-        self.top = math.inf  # no clipping from above while the thresholds are placed
-        raw = self.buckets(thresholds)
-        self.top = float(raw[-1] + 1)  # the last bucket is empty: it holds everything above
-        counts = np.bincount(raw, minlength=int(self.top) + 1)
-        self.max_points = int(counts.max())
-        self.usable = self.max_points <= MAX_BUCKET_POINTS
+        # origin 0 when every threshold is >= 0 and the buckets counted from 0 still hold at most
+        # MAX_BUCKET_POINTS thresholds each: a distance (>= 0 or NaN) then needs no shift and no
+        # lower clip (nearest_nonnegative); else the buckets start at the first threshold
+        origins = ([0.0] if thresholds[0] >= 0 else []) + [float(thresholds[0])]
+        for origin in origins:
+            self.origin = origin
+            span = float(thresholds[-1]) - self.origin
+            self.scale = 2 * n / span if 0 < span < math.inf and 2 * n / span < math.inf else 1.0
+            self.top = math.inf  # no clipping from above while the thresholds are placed
+            raw = self.buckets(thresholds)
+            self.top = float(raw[-1] + 1)  # the last bucket is empty: it holds everything above
+            counts = np.bincount(raw, minlength=int(self.top) + 1)
+            self.max_points = int(counts.max())
+            self.usable = self.max_points <= MAX_BUCKET_POINTS
+            if self.usable:
+                break
         # base[b] = thresholds in buckets < b; first[i, b] = the i-th threshold of bucket b, else NaN
         self.base = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         self.first = np.full((self.max_points, counts.shape[0]), np.nan)
@@ -194,6 +201,23 @@ class PointLookup:
         if not self.usable:
             return nearest_points(self.xs, dist)
         b = self.buckets(dist)
+        j = self.base[b]
+        for first in self.first:  # NaN padding compares False
+            j += dist >= first[b]
+        return j
+
+    def nearest_nonnegative(self, dist: np.ndarray) -> np.ndarray:
+        """:meth:`nearest` for distances that are all >= 0 or NaN (as similarity distances are).
+
+        With origin 0, :meth:`buckets` subtracts 0 (no change) and its lower clip never
+        applies to such values, so the bucket is ``(dist × scale)`` clipped above only:
+        three array operations instead of five, the same buckets.
+        """
+        if not self.usable or self.origin != 0.0:
+            return self.nearest(dist)
+        b = dist * self.scale
+        np.fmin(b, self.top, out=b)  # NaN becomes top, as in buckets
+        b = b.astype(np.int64)
         j = self.base[b]
         for first in self.first:  # NaN padding compares False
             j += dist >= first[b]
@@ -294,17 +318,28 @@ class SimilarityRecommender(RowRecommender):
 
     def encode(self, profile: Mapping) -> tuple[np.ndarray, np.ndarray]:
         """The client's continuous vector and categorical codes (-1 = matches no donor)."""
+        x_c, codes = self._encoded(profile)
+        return x_c, np.array(codes, dtype=np.int64)
+
+    def _encoded(self, profile: Mapping) -> tuple[np.ndarray, list[int]]:
+        """:meth:`encode` with the codes as a list (what :meth:`distances` reads)."""
         # a finite float is the normalised profile's usual value: kept as it is, as _number would
         x_c = np.array([v if type(v) is float and v - v == 0.0 else _number(v) for v in map(profile.get, CONTINUOUS)],
                        dtype=np.float64)
-        c_c = np.array([self.codes_[i].get(_string(profile.get(f)), -1) for i, f in enumerate(CATEGORICAL)],
-                       dtype=np.int64)
-        return x_c, c_c
+        get = _string
+        codes = [self.codes_[0].get(get(profile.get(CATEGORICAL[0])), -1),
+                 self.codes_[1].get(get(profile.get(CATEGORICAL[1])), -1),
+                 self.codes_[2].get(get(profile.get(CATEGORICAL[2])), -1)]
+        return x_c, codes
 
     def curve_points(self, profile: Mapping) -> np.ndarray:
-        """Index of the LR curve point each donor's distance to the client lands on."""
-        x_c, c_c = self.encode(profile)
-        return self.point_lookup_.nearest(self.distances(x_c, c_c))
+        """Index of the LR curve point each donor's distance to the client lands on.
+
+        Distances are >= 0 or NaN (canberra terms are in [0, 1] or NaN, plus 0.001,
+        times a hamming fraction in [0, 1]), so the lookup needs no lower clip.
+        """
+        x_c, codes = self._encoded(profile)
+        return self.point_lookup_.nearest_nonnegative(self.distances(x_c, codes))
 
     def distances(self, x_c: np.ndarray, c_c: np.ndarray) -> np.ndarray:
         """``similarity_distances(donor_x_, donor_c_, x_c, c_c)`` for one client, with fewer operations.
@@ -332,7 +367,7 @@ class SimilarityRecommender(RowRecommender):
             den[den == 0] = 1.0
         terms /= den
         canberra = terms @ _ONES[: terms.shape[1]]
-        codes = np.asarray(c_c).tolist()
+        codes = c_c if type(c_c) is list else np.asarray(c_c).tolist()
         differing = self.mismatch_[0][codes[0]] + self.mismatch_[1][codes[1]]
         differing += self.mismatch_[2][codes[2]]
         hamming = differing / len(CATEGORICAL)
