@@ -173,10 +173,18 @@ def ascending_order(keys: np.ndarray, count: int) -> np.ndarray:
     stable sort is made.
     """
     order = keys.argsort()
-    head = keys[order[: count + 1]]
-    if head.shape[0] and (head[-1] != head[-1] or (head[1:] == head[:-1]).any()):  # NaN sorts last
-        return keys.argsort(kind="stable")[:count]
-    return order[:count]
+    if count < SMALL_HEAD:  # a few keys (the sampled ones): checked as Python floats
+        head = keys[order[: count + 1]].tolist()
+        distinct = not head or (head[-1] == head[-1] and len(set(head)) == len(head))  # -0.0 == 0.0
+    else:
+        head = keys[order[: count + 1]]
+        distinct = not head.shape[0] or (head[-1] == head[-1] and not (head[1:] == head[:-1]).any())
+    # NaN sorts last, so a NaN among the head makes its last key NaN
+    return order[:count] if distinct else keys.argsort(kind="stable")[:count]
+
+
+#: Below this many keys, :func:`ascending_order` checks the head in Python (fewer numpy calls).
+SMALL_HEAD = 32
 
 
 def top_rows(scores: np.ndarray, tiebreak: np.ndarray, limit: int) -> np.ndarray:

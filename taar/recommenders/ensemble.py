@@ -269,13 +269,14 @@ class EnsembleRecommender(Recommender):
             results = sort_pairs(totals.items())[:limit]
         return results, answers
 
-    def contributions(self, answers, guids) -> dict[str, dict[str, float]]:
+    def contributions(self, answers, guids, indices=None) -> dict[str, dict[str, float]]:
         """``{guid: {member name: score × W_r}}`` for ``guids``, from :meth:`combine` answers.
 
         On the dense path the members' candidate indices are searched in one
         concatenated pass (a few GUIDs among hundreds of rows); the hits come out in
         member order, so each GUID's dictionary has the same key order as a loop over
-        the members would give.
+        the members would give. ``indices``, when given, are the GUIDs' candidate
+        indices (``index_of_[g]``, as the manager has them already).
         """
         if not answers or len(answers[0]) == 3:
             return contributions(answers, guids)
@@ -286,7 +287,7 @@ class EnsembleRecommender(Recommender):
             answers = DenseAnswers(answers)
         answers.seal()
         wanted = np.zeros(len(self.guids_), dtype=bool)
-        wanted[[self.index_of_[g] for g in guids]] = True
+        wanted[[self.index_of_[g] for g in guids] if indices is None else indices] = True
         index = answers.index
         hit = wanted[index].nonzero()[0]
         if not hit.shape[0]:
@@ -332,7 +333,8 @@ class DenseAnswers(list):
             self.weighted = scores * weight
         else:
             self.index = np.concatenate([a[2] for a in self])
-            self.weighted = np.concatenate([a[3] * a[1] for a in self])
+            # x * 1.0 is x, bit for bit: a member of weight 1 needs no product
+            self.weighted = np.concatenate([a[3] if a[1] == 1.0 else a[3] * a[1] for a in self])
         self.ends = list(accumulate(a[2].shape[0] for a in self))
         self.names = [a[0] for a in self]
         self.sealed = True

@@ -127,13 +127,18 @@ class RecommendationManager:
         result's order. ``rng`` is only read when ``randomize`` is on and the pool
         holds more than ``limit`` entries (else every entry is chosen, whatever the keys).
         """
+        return self._select_ranked(guids, index, weights, limit, rng)[0]
+
+    def _select_ranked(self, guids, index, weights, limit, rng) -> tuple[list[tuple[str, float]], list[int]]:
+        """:meth:`select_ranked` and the chosen candidate indices (what the explanations look up)."""
         if self.randomize and weights.shape[0] > limit:
             chosen = sample_positions(weights, limit, rng, descending=True)
             chosen.sort()
             index, weights = index[chosen], weights[chosen]
         else:
             index, weights = index[:limit], weights[:limit]
-        return list(zip(map(guids.__getitem__, index.tolist()), weights.tolist(), strict=True))
+        indices = index.tolist()
+        return list(zip(map(guids.__getitem__, indices), weights.tolist(), strict=True)), indices
 
     def recommend(self, client_id: str, limit: int, extra: Mapping | None = None, seed: int | None = None,
                   metrics=None) -> Recommendation:
@@ -168,12 +173,13 @@ class RecommendationManager:
                 pool, answers = ensemble.combine(profile, pool_size, extra, metrics)
                 pool = [(g, w) for g, w in pool if math.isfinite(w)]
                 results = self.select(pool, limit, self._generator(seed))
+                sources = ensemble.contributions(answers, [g for g, _ in results])
             else:
                 index, weights, answers = ranked
                 # the generator only when uniforms are drawn (building one costs as much as sampling)
                 rng = self._generator(seed) if weights.shape[0] > limit else None
-                results = self.select_ranked(ensemble.guids_, index, weights, limit, rng)
-            sources = ensemble.contributions(answers, [g for g, _ in results])
+                results, indices = self._select_ranked(ensemble.guids_, index, weights, limit, rng)
+                sources = ensemble.contributions(answers, [g for g, _ in results], indices)
         # DEBUG: the service puts the GUIDs and seed on its one request.summary line instead
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("Client recommendations results", extra={
