@@ -41,7 +41,6 @@ WEAK_LR_WARNING = 0.1
 #: ...but at most once per interval per process, so a weak model cannot flood the log.
 WEAK_LR_WARNING_INTERVAL_S = 60.0
 _last_weak_warning = [-math.inf]  # module state, never part of a pickled recommender
-_ONES = np.ones(len(FEATURES))
 
 
 def similarity_distances(XD, CD, x_c, c_c) -> np.ndarray:
@@ -299,6 +298,7 @@ class SimilarityRecommender(RowRecommender):
         self.flat_columns_ = np.tile(np.arange(width, dtype=np.int64), n_donors)
         # columns where some donor is 0: a client 0 there makes a zero canberra denominator
         self.zero_columns_ = tuple(bool(z) for z in (self.donor_x_ == 0).any(axis=0))
+        self.ones_ = np.ones(width)  # the canberra row sums: terms @ ones_
         # per categorical column, row k = whether each donor's code differs from k (int8 0/1); the
         # last row (all 1) is the one code -1 (a value no donor has) selects
         self.mismatch_ = tuple(
@@ -318,28 +318,48 @@ class SimilarityRecommender(RowRecommender):
 
     def encode(self, profile: Mapping) -> tuple[np.ndarray, np.ndarray]:
         """The client's continuous vector and categorical codes (-1 = matches no donor)."""
-        x_c, codes = self._encoded(profile)
-        return x_c, np.array(codes, dtype=np.int64)
+        x_list = [v if type(v) is float and v - v == 0.0 else _number(v) for v in map(profile.get, CONTINUOUS)]
+        return np.array(x_list, dtype=np.float64), np.array(self._codes(profile), dtype=np.int64)
 
-    def _encoded(self, profile: Mapping) -> tuple[np.ndarray, list[int]]:
-        """:meth:`encode` with the codes as a list (what :meth:`distances` reads)."""
-        # a finite float is the normalised profile's usual value: kept as it is, as _number would
-        x_c = np.array([v if type(v) is float and v - v == 0.0 else _number(v) for v in map(profile.get, CONTINUOUS)],
-                       dtype=np.float64)
-        get = _string
-        codes = [self.codes_[0].get(get(profile.get(CATEGORICAL[0])), -1),
-                 self.codes_[1].get(get(profile.get(CATEGORICAL[1])), -1),
-                 self.codes_[2].get(get(profile.get(CATEGORICAL[2])), -1)]
-        return x_c, codes
+    def _codes(self, profile: Mapping) -> list[int]:
+        """The categorical codes of :meth:`encode` as a list (what :meth:`distances` reads)."""
+        codes, get = self.codes_, profile.get
+        return [codes[0].get(_string(get(CATEGORICAL[0])), -1), codes[1].get(_string(get(CATEGORICAL[1])), -1),
+                codes[2].get(_string(get(CATEGORICAL[2])), -1)]
+
+    def _client(self, profile: Mapping):
+        """``(x_c as a list, codes)`` of :meth:`encode`, or None when :meth:`can_recommend` is False.
+
+        One pass over the profile's fields for both (the request path).
+        """
+        if not self.loaded_:
+            return None
+        x_list = []
+        for v in map(profile.get, CONTINUOUS):
+            if v is None:
+                return None
+            # a finite float is the normalised profile's usual value: kept as it is, as _number would
+            x_list.append(v if type(v) is float and v - v == 0.0 else _number(v))
+        get = profile.get
+        for f in CATEGORICAL:
+            if get(f) is None:
+                return None
+        return x_list, self._codes(profile)
 
     def curve_points(self, profile: Mapping) -> np.ndarray:
-        """Index of the LR curve point each donor's distance to the client lands on.
+        """Index of the LR curve point each donor's distance to the client lands on."""
+        x_c, c_c = self.encode(profile)
+        return self._points(x_c.tolist(), c_c.tolist())
+
+    def _points(self, x_list: list[float], codes: list[int]) -> np.ndarray:
+        """:meth:`curve_points` from :meth:`_client`'s lists.
 
         Distances are >= 0 or NaN (canberra terms are in [0, 1] or NaN, plus 0.001,
         times a hamming fraction in [0, 1]), so the lookup needs no lower clip.
         """
-        x_c, codes = self._encoded(profile)
-        return self.point_lookup_.nearest_nonnegative(self.distances(x_c, codes))
+        x_c = np.array(x_list, dtype=np.float64)
+        zero = any(z and v == 0 for z, v in zip(self.zero_columns_, x_list, strict=True))
+        return self.point_lookup_.nearest_nonnegative(self._distances(x_c, codes, zero))
 
     def distances(self, x_c: np.ndarray, c_c: np.ndarray) -> np.ndarray:
         """``similarity_distances(donor_x_, donor_c_, x_c, c_c)`` for one client, with fewer operations.
@@ -358,16 +378,21 @@ class SimilarityRecommender(RowRecommender):
           C-ordered ``(n_donors, 5)`` array, so BLAS adds the terms in the same order.
         """
         x_c = np.asarray(x_c, dtype=np.float64)
+        codes = c_c if type(c_c) is list else np.asarray(c_c).tolist()
+        zero = any(z and v == 0 for z, v in zip(self.zero_columns_, x_c.tolist(), strict=True))
+        return self._distances(x_c, codes, zero)
+
+    def _distances(self, x_c: np.ndarray, codes: list[int], zero: bool) -> np.ndarray:
+        """:meth:`distances`; ``zero``: the client is 0 in a column where some donor is 0."""
         x_lined = x_c.take(self.flat_columns_).reshape(self.donor_x_.shape)
         terms = self.donor_x_ - x_lined
         np.abs(terms, out=terms)
         den = np.abs(x_lined, out=x_lined)
         den += self.donor_x_abs_
-        if any(z and v == 0 for z, v in zip(self.zero_columns_, x_c.tolist(), strict=True)):
+        if zero:
             den[den == 0] = 1.0
         terms /= den
-        canberra = terms @ _ONES[: terms.shape[1]]
-        codes = c_c if type(c_c) is list else np.asarray(c_c).tolist()
+        canberra = terms @ self.ones_
         differing = self.mismatch_[0][codes[0]] + self.mismatch_[1][codes[1]]
         differing += self.mismatch_[2][codes[2]]
         hamming = differing / len(CATEGORICAL)
@@ -375,7 +400,12 @@ class SimilarityRecommender(RowRecommender):
 
     def scores(self, profile: Mapping) -> np.ndarray:
         """Score of every GUID in ``guids_``: ``Aᵀ · (ℓ ⊙ [ℓ > 0])``."""
-        points = self.curve_points(profile)
+        x_c, c_c = self.encode(profile)
+        return self._scores(x_c.tolist(), c_c.tolist())
+
+    def _scores(self, x_list: list[float], codes: list[int]) -> np.ndarray:
+        """:meth:`scores` from :meth:`_client`'s lists."""
+        points = self._points(x_list, codes)
         votes = self.point_votes_[points]
         # a vote >= the warning level means the best ln(LR) is too: only weak curves look further
         if not (points.size and votes.max() >= WEAK_LR_WARNING):
@@ -401,9 +431,10 @@ class SimilarityRecommender(RowRecommender):
     def candidate_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
         """:meth:`recommend_rows` in row order (unsorted by score): all an ensemble sum needs."""
         limit = check_limit(limit)
-        if not self.can_recommend(profile, extra):
+        client = self._client(profile)  # None exactly when can_recommend is False
+        if client is None:
             return NO_ROWS
-        s = self.scores(profile)
+        s = self._scores(*client)
         positive = (s > 0).nonzero()[0]
         if positive.shape[0] > limit:
             positive = positive[top_rows(s[positive], positive, limit)]
