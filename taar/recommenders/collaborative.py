@@ -116,11 +116,17 @@ class CollaborativeRecommender(RowRecommender):
 
 
     def _scored(self, profile: Mapping, extra: Mapping | None):
-        """``(s, R)`` of :meth:`scores` when the client can be scored (R not empty), else None."""
-        if not self.can_recommend(profile, extra):
+        """``(s, R)`` of :meth:`scores` when the client can be scored (R not empty), else None.
+
+        :meth:`can_recommend` and :meth:`scores` inlined (the request path); ``add.reduce``
+        is what ``sum`` calls, without its wrapper.
+        """
+        if not (self.loaded_ and profile.get("installed_addons")):
             return None
-        s, installed = self.scores(profile)
-        return None if installed.size == 0 else (s, installed)
+        installed = self.installed_rows(profile)
+        if installed.size == 0:
+            return None
+        return self.factors_ @ np.add.reduce(self.factors_[installed], axis=0), installed
 
     def recommend_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
         """:meth:`recommend` as ``(rows, scores)`` arrays (rows index ``candidate_guids_``)."""
