@@ -161,6 +161,24 @@ def test_dense_combine_equals_the_dictionary_combine(seed):
                 expected_answers, guids)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_contributions_from_candidate_indices_equal_those_from_guids(seed):
+    """The manager passes the chosen candidate indices it has; the explanation is the same."""
+    import numpy as np
+
+    weights = {"ensemble_weights": {"collaborative": 1.0, "similarity": 0.5, "locale": 0.25}}
+    dense = EnsembleRecommender().fit(**random_members(seed), ensemble_weights=weights)
+    rng = np.random.default_rng(500 + seed)
+    for _ in range(10):
+        profile = toy.profile(installed_addons=rng.choice([f"g{i:02d}@x" for i in range(40)], size=3,
+                                                          replace=False).tolist(), locale="en-US")
+        results, answers = dense.combine(profile, 12)
+        guids = [g for g, _ in results][::2]
+        indices = [dense.index_of_[g] for g in guids]
+        assert dense.contributions(answers, guids, indices) == dense.contributions(answers, guids)
+        assert list(dense.contributions(answers, guids, indices)) == guids
+
+
 def test_members_without_the_dense_interface_use_the_dictionary_path():
     rec = EnsembleRecommender().fit(**members(), ensemble_weights=WEIGHTS)
     assert not rec.dense_
@@ -213,6 +231,27 @@ def test_top_rows_is_the_set_top_indices_picks_with_ties_at_the_cut():
         for limit in range(0, n):
             assert sorted(top_rows(scores, tiebreak, limit).tolist()) == sorted(
                 top_indices(scores, tiebreak, limit).tolist())
+
+
+@pytest.mark.parametrize("n", [1, 5, 40, 300])
+def test_ascending_order_is_the_stable_sort_with_ties_zeros_and_nan(n):
+    """Both head checks (Python floats below SMALL_HEAD keys, numpy above) give the stable order."""
+    import numpy as np
+
+    from taar.recommenders.base import SMALL_HEAD, ascending_order
+
+    rng = np.random.default_rng(n)
+    for trial in range(60):
+        if trial % 3 == 0:  # distinct keys: the unstable sort is kept
+            keys = rng.normal(size=n)
+        else:  # coarse keys with -0.0 beside 0.0 and some infinities: ties everywhere
+            keys = rng.choice([-np.inf, -1.0, -0.0, 0.0, 2.0, np.inf], size=n)
+        if trial % 5 == 4:
+            keys[rng.integers(n)] = np.nan  # NaN sorts last; two of them may tie too
+            keys[rng.integers(n)] = np.nan
+        for count in sorted({0, 1, 3, SMALL_HEAD - 1, SMALL_HEAD, n - 1, n, n + 2} - {-1}):
+            expected = np.argsort(keys, kind="stable")[:count]
+            assert ascending_order(keys, count).tolist() == expected.tolist(), (trial, count)
 
 
 def test_a_raising_dense_member_is_skipped_counted_and_timed(monkeypatch):
