@@ -161,7 +161,7 @@ def top_indices(scores: np.ndarray, tiebreak: np.ndarray, limit: int) -> np.ndar
     return idx[order[:limit]]
 
 
-def ascending_order(keys: np.ndarray, count: int) -> np.ndarray:
+def ascending_order(keys: np.ndarray, count: int, order: np.ndarray | None = None) -> np.ndarray:
     """``keys.argsort(kind="stable")[:count]``: the ``count`` smallest keys, equal keys by position.
 
     A stable sort is the definition; numpy's default (unstable) sort is several times
@@ -170,9 +170,10 @@ def ascending_order(keys: np.ndarray, count: int) -> np.ndarray:
     ``count`` keys occurs once in ``keys`` (the sorted sequence is the same for any
     algorithm, and the key after them is larger), so both sorts put the same position
     at each of those places. Otherwise (ties, practically only for coarse scores) the
-    stable sort is made.
+    stable sort is made. ``order``: ``keys.argsort()`` when the caller has it already.
     """
-    order = keys.argsort()
+    if order is None:
+        order = keys.argsort()
     if count < SMALL_HEAD:  # a few keys (the sampled ones): checked as Python floats
         head = keys[order[: count + 1]].tolist()
         distinct = not head or (head[-1] == head[-1] and len(set(head)) == len(head))  # -0.0 == 0.0

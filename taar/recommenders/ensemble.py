@@ -240,14 +240,19 @@ class EnsembleRecommender(Recommender):
                     touched[i] = False
             candidates = touched.nonzero()[0]  # ascending: GUID order
             values = totals[candidates]
-            if not np.isfinite(values).all():  # overflowed scores: the exact dictionary semantics
-                return None
             if values.shape[0] <= SORT_ALL * limit:
                 # ascending candidates sorted by -total, equal totals by position: total descending,
                 # ties GUID ascending, the order top_indices gives; cheaper than its partition
                 # while the pool is most of the candidates
-                order = ascending_order(np.negative(values), limit)
+                keys = np.negative(values)
+                everything = keys.argsort()
+                # the sort puts -inf first and +inf, then NaN, last: finite ends mean finite totals
+                if everything.shape[0] and not (keys[everything[0]] > -np.inf and keys[everything[-1]] < np.inf):
+                    return None  # overflowed scores: the exact dictionary semantics
+                order = ascending_order(keys, limit, everything)
             else:
+                if not np.isfinite(values).all():  # as above
+                    return None
                 order = top_indices(values, candidates, limit)
         return candidates[order], values[order], answers
 

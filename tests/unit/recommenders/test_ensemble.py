@@ -6,6 +6,8 @@ Scores: x = 4·1 + 0.5·2 = 5; y = 2·1 + 2·0.5 = 3; z = 6·0.5 = 3; w = 1·2 =
 inst dropped. Order x, y, z (y/z tie -> GUID), w.
 """
 
+import math
+
 import pytest
 
 from taar.recommenders import EnsembleRecommender, LocaleRecommender
@@ -273,3 +275,45 @@ def test_a_raising_dense_member_is_skipped_counted_and_timed(monkeypatch):
     assert metrics.counters == {"error_similarity": 1}
     assert sorted(metrics.timings) == ["collaborative_recommend", "ensemble_recommend", "locale_recommend",
                                        "similarity_recommend"]
+
+
+class DenseStub:
+    """A dense member (candidate_guids_, candidate_rows, recommend_rows) answering fixed scores."""
+
+    def __init__(self, pairs):
+        self.pairs = pairs
+        self.candidate_guids_ = tuple(g for g, _ in pairs)
+
+    def can_recommend(self, profile, extra=None):
+        return True
+
+    def recommend(self, profile, limit, extra=None):
+        return sorted(self.pairs, key=lambda p: (-p[1], p[0]))[:limit]
+
+    def recommend_rows(self, profile, limit, extra=None):
+        import numpy as np
+
+        rows = [self.candidate_guids_.index(g) for g, _ in self.recommend(profile, limit)]
+        return np.array(rows, dtype=np.int64), np.array([self.pairs[r][1] for r in rows])
+
+    candidate_rows = recommend_rows
+
+
+@pytest.mark.parametrize("limit", [1, 50])
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan, 1e308])
+def test_non_finite_dense_totals_fall_back_to_the_dictionary_combine(bad, limit):
+    # three installed GUIDs no member offers: each member is asked for limit + 3 rows, so limit 1 gives
+    # 4 or 5 candidates (more than 3 x 1: the partition branch) and limit 50 all 6 (the sorting branch);
+    # a's total is 1e308 + bad: +inf, -inf, NaN, or 2e308 overflowing to +inf
+    first = DenseStub([("a", 1e308), ("b", 2.0), ("c", 1.0), ("d", 0.5), ("e", 0.25), ("f", 0.125)])
+    second = DenseStub([("a", bad), ("c", 3.0)])
+    rec = EnsembleRecommender().fit(collaborative=first, similarity=second, ensemble_weights={
+        "collaborative": 1.0, "similarity": 1.0, "locale": 1.0, "item_item": 1.0})
+    assert rec.dense_
+    installed = ["x1@x", "x2@x", "x3@x"]
+    profile = toy.profile(installed_addons=installed)
+    assert rec.ranked(profile, limit) is None
+    results, answers = rec.combine(profile, limit)
+    expected = rec._combine_dict(profile, limit, None, None, installed, limit + 3)[0]
+    assert [(g, repr(w)) for g, w in results] == [(g, repr(w)) for g, w in expected]  # NaN == NaN as text
+    assert len(answers[0]) == 3  # the dictionary path's answers
