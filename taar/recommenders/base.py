@@ -161,6 +161,33 @@ def top_indices(scores: np.ndarray, tiebreak: np.ndarray, limit: int) -> np.ndar
     return idx[order[:limit]]
 
 
+def ascending_order(keys: np.ndarray, count: int, order: np.ndarray | None = None) -> np.ndarray:
+    """``keys.argsort(kind="stable")[:count]``: the ``count`` smallest keys, equal keys by position.
+
+    A stable sort is the definition; numpy's default (unstable) sort is several times
+    faster and orders equal keys arbitrarily, so its answer is kept only when the first
+    ``count + 1`` sorted keys are pairwise different and not NaN. Then each of the first
+    ``count`` keys occurs once in ``keys`` (the sorted sequence is the same for any
+    algorithm, and the key after them is larger), so both sorts put the same position
+    at each of those places. Otherwise (ties, practically only for coarse scores) the
+    stable sort is made. ``order``: ``keys.argsort()`` when the caller has it already.
+    """
+    if order is None:
+        order = keys.argsort()
+    if count < SMALL_HEAD:  # a few keys (the sampled ones): checked as Python floats
+        head = keys[order[: count + 1]].tolist()
+        distinct = not head or (head[-1] == head[-1] and len(set(head)) == len(head))  # -0.0 == 0.0
+    else:
+        head = keys[order[: count + 1]]
+        distinct = not head.shape[0] or (head[-1] == head[-1] and not (head[1:] == head[:-1]).any())
+    # NaN sorts last, so a NaN among the head makes its last key NaN
+    return order[:count] if distinct else keys.argsort(kind="stable")[:count]
+
+
+#: Below this many keys, :func:`ascending_order` checks the head in Python (fewer numpy calls).
+SMALL_HEAD = 32
+
+
 def top_rows(scores: np.ndarray, tiebreak: np.ndarray, limit: int) -> np.ndarray:
     """The entries :func:`top_indices` picks, in no particular order; ``limit < len(scores)``.
 

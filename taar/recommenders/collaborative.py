@@ -21,6 +21,9 @@ from .base import NO_ROWS, RowRecommender, check_limit, guid_ranks, top_indices,
 
 logger = logging.getLogger(__name__)
 
+#: Scores are provably finite while ``n_installed * score_bound_`` is below this (float max is 1.8e308).
+FINITE_SCORES = 1e300
+
 
 class CollaborativeRecommender(RowRecommender):
     """Scores items by ``M · Σ_{installed} M[j]`` over ALS item factors.
@@ -85,6 +88,11 @@ class CollaborativeRecommender(RowRecommender):
         self.eligible_rank_ = self.guid_rank_[self.eligible_rows_]
         if self.loaded_ and not np.isfinite(self.factors_).all():
             raise ArtifactError("item_matrix", "contains non-finite features")
+        # |score| <= k * max|f| * |user|_max and |user|_max <= n_installed * max|f| (plus rounding, a
+        # factor 1 + 1e-13 at most): a request whose n_installed * score_bound_ stays below
+        # FINITE_SCORES has only finite scores, so an installed row can be ranked last as -inf
+        biggest = float(np.abs(self.factors_).max()) if self.factors_.size else 0.0
+        self.score_bound_ = k * biggest * biggest
         return self
 
     def can_recommend(self, profile: Mapping, extra: Mapping | None = None) -> bool:
@@ -108,11 +116,17 @@ class CollaborativeRecommender(RowRecommender):
 
 
     def _scored(self, profile: Mapping, extra: Mapping | None):
-        """``(s, R)`` of :meth:`scores` when the client can be scored (R not empty), else None."""
-        if not self.can_recommend(profile, extra):
+        """``(s, R)`` of :meth:`scores` when the client can be scored (R not empty), else None.
+
+        :meth:`can_recommend` and :meth:`scores` inlined (the request path); ``add.reduce``
+        is what ``sum`` calls, without its wrapper.
+        """
+        if not (self.loaded_ and profile.get("installed_addons")):
             return None
-        s, installed = self.scores(profile)
-        return None if installed.size == 0 else (s, installed)
+        installed = self.installed_rows(profile)
+        if installed.size == 0:
+            return None
+        return self.factors_ @ np.add.reduce(self.factors_[installed], axis=0), installed
 
     def recommend_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
         """:meth:`recommend` as ``(rows, scores)`` arrays (rows index ``candidate_guids_``)."""
@@ -134,23 +148,37 @@ class CollaborativeRecommender(RowRecommender):
     def candidate_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
         """:meth:`recommend_rows` in no particular order: all an ensemble sum needs.
 
-        The best ``limit + len(installed)`` eligible rows as a set, the installed
-        ones dropped; only when fewer than ``len(installed)`` were dropped are the
-        rest cut to the best ``limit``, as the ordered cut of :meth:`recommend_rows`.
+        The best ``limit`` eligible rows that are not installed. When the scores are
+        provably finite (see ``score_bound_``) and more than ``limit`` eligible rows
+        are not installed, the installed rows score -inf, below every other row, and
+        one partition picks the answer. Otherwise the best ``limit + len(installed)``
+        eligible rows as a set, the installed ones dropped; only when fewer than
+        ``len(installed)`` were dropped are the rest cut to the best ``limit``, as the
+        ordered cut of :meth:`recommend_rows`. Both give the same set: eligible GUIDs
+        are distinct, so (score descending, GUID ascending) is a total order.
         """
         limit = check_limit(limit)
         scored = self._scored(profile, extra)
         if scored is None:
             return NO_ROWS
         s, installed = scored
-        everything = self.eligible_rows_.shape[0] == s.shape[0]
-        pool = s if everything else s[self.eligible_rows_]
-        wanted = limit + installed.shape[0]
+        n_installed = installed.shape[0]
+        eligible = self.eligible_rows_
+        everything = eligible.shape[0] == s.shape[0]
+        if limit + n_installed < eligible.shape[0] and n_installed * self.score_bound_ < FINITE_SCORES:
+            s[installed] = -np.inf  # s is this request's own array; no returned row is installed
+            if everything:
+                rows = top_rows(s, self.eligible_rank_, limit)
+            else:
+                rows = eligible[top_rows(s[eligible], self.eligible_rank_, limit)]
+            return rows, s[rows]
+        pool = s if everything else s[eligible]
+        wanted = limit + n_installed
         if wanted >= pool.shape[0]:
             top = np.arange(pool.shape[0])
         else:
             top = top_rows(pool, self.eligible_rank_, wanted)
-        rows = _without(top if everything else self.eligible_rows_[top], installed, s.shape[0])
+        rows = _without(top if everything else eligible[top], installed, s.shape[0])
         if rows.shape[0] > limit:
             rows = rows[top_rows(s[rows], self.guid_rank_[rows], limit)]
         return rows, s[rows]

@@ -20,7 +20,16 @@ import numpy as np
 
 from taar.artifacts import LEGACY_MISSING_WEIGHTS, ArtifactError
 
-from .base import ENSEMBLE_MEMBERS, Recommender, check_limit, incr, sort_pairs, timer, top_indices
+from .base import (
+    ENSEMBLE_MEMBERS,
+    Recommender,
+    ascending_order,
+    check_limit,
+    incr,
+    sort_pairs,
+    timer,
+    top_indices,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -141,9 +150,14 @@ class EnsembleRecommender(Recommender):
                     return rec.recommend_rows(profile, wanted, extra)
                 return rec.recommend(profile, wanted, extra)
             except Exception:
-                logger.exception("ensemble: %s recommender failed; skipped", name)
-                incr(metrics, f"error_{name}")
+                self._failed(name, metrics)
                 return None
+
+    @staticmethod
+    def _failed(name, metrics) -> None:
+        """A member raised: log it with its traceback (inside the ``except``) and count it."""
+        logger.exception("ensemble: %s recommender failed; skipped", name)
+        incr(metrics, f"error_{name}")
 
     def combine(self, profile: Mapping, limit: int, extra: Mapping | None = None,
                 metrics=None) -> tuple[list[tuple[str, float]], list[tuple]]:
@@ -193,33 +207,53 @@ class EnsembleRecommender(Recommender):
         installed = profile.get("installed_addons") or ()
         wanted = limit + len(installed)
         with timer(metrics, "ensemble_recommend"):
-            n = len(self.guids_)
-            totals = np.zeros(n)
-            touched = np.zeros(n, dtype=bool)
-            answers = []
+            answers = DenseAnswers()
             for name, rec, to_index, weight, timer_name, unordered in self.dense_members_:
-                answer = self._ask(name, rec, profile, wanted, extra, metrics, True, timer_name, unordered)
-                if answer is None:
-                    continue
-                rows, scores = answer
+                if unordered:  # _ask's candidate_rows branch, without a call per member
+                    with timer(metrics, timer_name):
+                        try:
+                            rows, scores = rec.candidate_rows(profile, wanted, extra)
+                        except Exception:
+                            self._failed(name, metrics)
+                            continue
+                else:
+                    answer = self._ask(name, rec, profile, wanted, extra, metrics, True, timer_name)
+                    if answer is None:
+                        continue
+                    rows, scores = answer
                 if rows.shape[0] == 0:
                     continue
-                index = to_index[rows]
-                # a member's rows are distinct, so this is one addition per GUID, in member order
-                # (the order of a member's rows does not matter: each GUID gets one term per member)
-                totals[index] += scores * weight
-                touched[index] = True
-                answers.append((name, weight, index, scores))
+                answers.append((name, weight, to_index[rows], scores))
+            if not answers:
+                return NO_RANKING[0], NO_RANKING[1], answers
+            answers.seal()
+            n = len(self.guids_)
+            # bincount adds each GUID's terms one by one from 0.0 in the order given, member order:
+            # the additions of SPEC §5.5's per-GUID sum (a member's rows are distinct, one term each)
+            totals = np.bincount(answers.index, weights=answers.weighted, minlength=n)
+            touched = np.zeros(n, dtype=bool)
+            touched[answers.index] = True
             index_of = self.index_of_
             for guid in installed:
                 i = index_of.get(guid)
                 if i is not None:
                     touched[i] = False
-            candidates = touched.nonzero()[0]
+            candidates = touched.nonzero()[0]  # ascending: GUID order
             values = totals[candidates]
-            if not np.isfinite(values).all():  # overflowed scores: the exact dictionary semantics
-                return None
-            order = top_indices(values, candidates, limit)
+            if values.shape[0] <= SORT_ALL * limit:
+                # ascending candidates sorted by -total, equal totals by position: total descending,
+                # ties GUID ascending, the order top_indices gives; cheaper than its partition
+                # while the pool is most of the candidates
+                keys = np.negative(values)
+                everything = keys.argsort()
+                # the sort puts -inf first and +inf, then NaN, last: finite ends mean finite totals
+                if everything.shape[0] and not (keys[everything[0]] > -np.inf and keys[everything[-1]] < np.inf):
+                    return None  # overflowed scores: the exact dictionary semantics
+                order = ascending_order(keys, limit, everything)
+            else:
+                if not np.isfinite(values).all():  # as above
+                    return None
+                order = top_indices(values, candidates, limit)
         return candidates[order], values[order], answers
 
     def _combine_dict(self, profile, limit, extra, metrics, installed, wanted):
@@ -240,32 +274,75 @@ class EnsembleRecommender(Recommender):
             results = sort_pairs(totals.items())[:limit]
         return results, answers
 
-    def contributions(self, answers, guids) -> dict[str, dict[str, float]]:
+    def contributions(self, answers, guids, indices=None) -> dict[str, dict[str, float]]:
         """``{guid: {member name: score × W_r}}`` for ``guids``, from :meth:`combine` answers.
 
         On the dense path the members' candidate indices are searched in one
         concatenated pass (a few GUIDs among hundreds of rows); the hits come out in
         member order, so each GUID's dictionary has the same key order as a loop over
-        the members would give.
+        the members would give. ``indices``, when given, are the GUIDs' candidate
+        indices (``index_of_[g]``, as the manager has them already).
         """
         if not answers or len(answers[0]) == 3:
             return contributions(answers, guids)
         out: dict[str, dict[str, float]] = {g: {} for g in guids}
         if not out:
             return out
+        if not isinstance(answers, DenseAnswers):
+            answers = DenseAnswers(answers)
+        answers.seal()
         wanted = np.zeros(len(self.guids_), dtype=bool)
-        wanted[[self.index_of_[g] for g in guids]] = True
-        index = np.concatenate([a[2] for a in answers]) if len(answers) > 1 else answers[0][2]
+        wanted[[self.index_of_[g] for g in guids] if indices is None else indices] = True
+        index = answers.index
         hit = wanted[index].nonzero()[0]
         if not hit.shape[0]:
             return out
-        scores = np.concatenate([a[3] for a in answers]) if len(answers) > 1 else answers[0][3]
-        ends = list(accumulate(a[2].shape[0] for a in answers))  # answer k holds positions < ends[k]
-        guid_of = self.guids_
-        for position, i, score in zip(hit.tolist(), index[hit].tolist(), scores[hit].tolist(), strict=True):
-            name, weight = answers[bisect_right(ends, position)][:2]
-            out[guid_of[i]][name] = score * weight
+        names, ends, guid_of = answers.names, answers.ends, self.guids_
+        for position, i, value in zip(hit.tolist(), index[hit].tolist(), answers.weighted[hit].tolist(),
+                                      strict=True):
+            out[guid_of[i]][names[bisect_right(ends, position)]] = value  # answer k: positions < ends[k]
         return out
+
+
+#: Rank the whole candidate pool with one stable sort while it holds at most this many times the
+#: entries wanted (a speed choice only: both ways give the same order).
+SORT_ALL = 3
+
+NO_RANKING = (np.empty(0, dtype=np.int64), np.empty(0))
+
+
+class DenseAnswers(list):
+    """The dense path's member answers ``(name, W_r, candidate indices, scores)``, a list as before,
+    plus their concatenation once :meth:`seal` is called (the sum and the explanations both read it).
+
+    Attributes (after :meth:`seal`)
+    -------------------------------
+    index : ndarray of int
+        Every answer's candidate indices, member after member.
+    weighted : ndarray of float
+        ``score × W_r`` alongside (the contribution of SPEC §4.5, computed once).
+    ends : list of int
+        Answer k holds the positions below ``ends[k]``.
+    names : list of str
+        Each answer's member name.
+    """
+
+    sealed = False
+
+    def seal(self) -> None:
+        """Concatenate the answers (once; the list is not changed afterwards)."""
+        if self.sealed:
+            return
+        if len(self) == 1:
+            _, weight, self.index, scores = self[0]
+            self.weighted = scores * weight
+        else:
+            self.index = np.concatenate([a[2] for a in self])
+            # x * 1.0 is x, bit for bit: a member of weight 1 needs no product
+            self.weighted = np.concatenate([a[3] if a[1] == 1.0 else a[3] * a[1] for a in self])
+        self.ends = list(accumulate(a[2].shape[0] for a in self))
+        self.names = [a[0] for a in self]
+        self.sealed = True
 
 
 def contributions(answers, guids) -> dict[str, dict[str, float]]:

@@ -30,6 +30,8 @@ class ItemItemRecommender(RowRecommender):
     indptr_, indices_, weights_ : ndarray
         The neighbour lists in CSR form: row i's columns are
         ``indices_[indptr_[i]:indptr_[i + 1]]`` with ``weights_`` alongside.
+    row_indices_, row_weights_ : tuple of ndarray
+        Those slices, row by row (views, made once by ``fit``).
     guid_rank_ : ndarray of int
         Tie-break rank of each GUID.
     loaded_ : bool
@@ -58,30 +60,39 @@ class ItemItemRecommender(RowRecommender):
         # (start, end) of each row as Python ints: a request slices without numpy scalar indexing
         bounds = self.indptr_.tolist()
         self.row_bounds_ = tuple(zip(bounds[:-1], bounds[1:], strict=True))
+        # each row's columns and weights as ready-made slices: a request only picks them
+        self.row_indices_ = tuple(self.indices_[a:b] for a, b in self.row_bounds_)
+        self.row_weights_ = tuple(self.weights_[a:b] for a, b in self.row_bounds_)
         return self
 
     def installed_rows(self, profile: Mapping) -> np.ndarray:
         """Rows of the client's installed add-ons that are catalogue items, ascending."""
+        return np.array(self._installed(profile), dtype=np.int64)
+
+    def _installed(self, profile: Mapping) -> list[int]:
+        """:meth:`installed_rows` as a list (empty exactly when ``can_recommend`` is False, if loaded)."""
         rows = {self.row_of_.get(g) for g in profile.get("installed_addons") or ()}
         rows.discard(None)
-        return np.array(sorted(rows), dtype=np.int64)
+        return sorted(rows)
 
     def can_recommend(self, profile: Mapping, extra: Mapping | None = None) -> bool:
         return bool(self.loaded_ and any(g in self.row_of_ for g in profile.get("installed_addons") or ()))
 
     def scores(self, profile: Mapping) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(s, reached, installed)``: each item's score, whether any installed item reaches it, installed rows."""
-        n = len(self.guids_)
-        installed = self.installed_rows(profile)
-        if installed.size == 0:
-            return np.zeros(n), np.zeros(n, dtype=bool), installed
-        bounds = [self.row_bounds_[i] for i in installed.tolist()]
-        cols = np.concatenate([self.indices_[a:b] for a, b in bounds])
-        weights = np.concatenate([self.weights_[a:b] for a, b in bounds])
-        s = np.bincount(cols, weights=weights, minlength=n)
-        reached = np.bincount(cols, minlength=n) > 0
-        return s, reached, installed
+        return self._scores(self._installed(profile))
 
+    def _scores(self, rows: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`scores` for the installed rows ``rows`` (ascending)."""
+        n = len(self.guids_)
+        installed = np.array(rows, dtype=np.int64)
+        if not rows:
+            return np.zeros(n), np.zeros(n, dtype=bool), installed
+        cols = np.concatenate([self.row_indices_[i] for i in rows])
+        s = np.bincount(cols, weights=np.concatenate([self.row_weights_[i] for i in rows]), minlength=n)
+        reached = np.zeros(n, dtype=bool)
+        reached[cols] = True
+        return s, reached, installed
 
     def recommend_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
         """:meth:`recommend` as ``(rows, scores)`` arrays (rows index ``candidate_guids_``)."""
@@ -97,9 +108,10 @@ class ItemItemRecommender(RowRecommender):
     def candidate_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
         """:meth:`recommend_rows` in row order (unsorted by score): all an ensemble sum needs."""
         limit = check_limit(limit)
-        if not self.can_recommend(profile, extra):
+        installed = self._installed(profile) if self.loaded_ else None
+        if not installed:  # what can_recommend says, from the rows the scores need anyway
             return NO_ROWS
-        s, reached, installed = self.scores(profile)
+        s, reached, installed = self._scores(installed)
         reached[installed] = False
         rows = reached.nonzero()[0]
         if rows.shape[0] > limit:

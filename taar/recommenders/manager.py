@@ -116,20 +116,29 @@ class RecommendationManager:
         return sort_pairs(candidates)[:limit]
 
     def select_ranked(self, guids, index: np.ndarray, weights: np.ndarray, limit: int,
-                      rng: np.random.Generator) -> list[tuple[str, float]]:
+                      rng: np.random.Generator | None) -> list[tuple[str, float]]:
         """:meth:`select` over a ranked pool given as arrays (the ensemble's dense path).
 
         ``index`` and ``weights`` are ordered weight descending, ties GUID ascending,
         with finite weights; ``guids[index[i]]`` is entry i's GUID. The answer equals
         ``select([(guids[i], w) for i, w in zip(index, weights)], limit, rng)``: the
         same uniforms go to the same positions, and only the chosen pairs are built.
+        The pool is already in result order, so the chosen positions, sorted, are the
+        result's order. ``rng`` is only read when ``randomize`` is on and the pool
+        holds more than ``limit`` entries (else every entry is chosen, whatever the keys).
         """
-        if self.randomize:
-            chosen = sample_positions(weights, limit, rng)
+        return self._select_ranked(guids, index, weights, limit, rng)[0]
+
+    def _select_ranked(self, guids, index, weights, limit, rng) -> tuple[list[tuple[str, float]], list[int]]:
+        """:meth:`select_ranked` and the chosen candidate indices (what the explanations look up)."""
+        if self.randomize and weights.shape[0] > limit:
+            chosen = sample_positions(weights, limit, rng, descending=True)
+            chosen.sort()
             index, weights = index[chosen], weights[chosen]
-        else:  # the pool is already in result order
+        else:
             index, weights = index[:limit], weights[:limit]
-        return sort_pairs(zip(map(guids.__getitem__, index.tolist()), weights.tolist(), strict=True))
+        indices = index.tolist()
+        return list(zip(map(guids.__getitem__, indices), weights.tolist(), strict=True)), indices
 
     def recommend(self, client_id: str, limit: int, extra: Mapping | None = None, seed: int | None = None,
                   metrics=None) -> Recommendation:
@@ -157,17 +166,20 @@ class RecommendationManager:
             profile = self._fetcher().get(client_id)
             if profile is None:
                 return Recommendation([], {}, seed, False, True)
-            rng = self._generator(seed)
             ensemble = self.engine.ensemble
-            ranked = ensemble.ranked(profile, self.pool_size(limit), extra, metrics)
+            pool_size = self.pool_size(limit)
+            ranked = ensemble.ranked(profile, pool_size, extra, metrics)
             if ranked is None:  # the dictionary combine: may hold non-finite totals
-                pool, answers = ensemble.combine(profile, self.pool_size(limit), extra, metrics)
+                pool, answers = ensemble.combine(profile, pool_size, extra, metrics)
                 pool = [(g, w) for g, w in pool if math.isfinite(w)]
-                results = self.select(pool, limit, rng)
+                results = self.select(pool, limit, self._generator(seed))
+                sources = ensemble.contributions(answers, [g for g, _ in results])
             else:
                 index, weights, answers = ranked
-                results = self.select_ranked(ensemble.guids_, index, weights, limit, rng)
-            sources = ensemble.contributions(answers, [g for g, _ in results])
+                # the generator only when uniforms are drawn (building one costs as much as sampling)
+                rng = self._generator(seed) if weights.shape[0] > limit else None
+                results, indices = self._select_ranked(ensemble.guids_, index, weights, limit, rng)
+                sources = ensemble.contributions(answers, [g for g, _ in results], indices)
         # DEBUG: the service puts the GUIDs and seed on its one request.summary line instead
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("Client recommendations results", extra={

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .base import sort_pairs
+from .base import ascending_order, sort_pairs
 
 EPSILON = float(np.finfo(np.float64).eps)
 
@@ -57,7 +57,8 @@ def weighted_sample(candidates: Sequence[tuple[str, float]], size: int,
     return sort_pairs(candidates[i] for i in sample_positions(weights, size, rng).tolist())
 
 
-def sample_positions(weights: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+def sample_positions(weights: np.ndarray, size: int, rng: np.random.Generator, *,
+                     descending: bool = False) -> np.ndarray:
     """The positions :func:`weighted_sample` chooses for these (finite) weights, best key first.
 
     Parameters
@@ -68,17 +69,23 @@ def sample_positions(weights: np.ndarray, size: int, rng: np.random.Generator) -
         How many to choose; ``min(size, n)`` are returned.
     rng : numpy.random.Generator
         Source of the ``n`` uniforms (one ``rng.random(n)`` call, none when nothing is chosen).
+    descending : bool, default False
+        ``weights`` are sorted descending (the ensemble's pool): the last is the minimum.
     """
     n = weights.shape[0]
     size = min(int(size), n)
     if size <= 0:
         return np.empty(0, dtype=np.int64)
-    p = selection_probabilities(weights)
+    # selection_probabilities with the sign folded in: x / -t is exactly -(x / t) (round to nearest
+    # is symmetric), so ln(u) / -p is exactly -(ln(u) / p) = -key, one negation fewer
+    shifted = weights - (weights[-1] if descending else weights.min())
+    shifted += EPSILON
+    negative_p = shifted / -shifted.sum()
     u = rng.random(n)
     with np.errstate(divide="ignore"):
-        keys = np.log(u) / p  # u == 0 gives -inf: never preferred over a real key
-    # the `size` largest keys; equal keys (practically impossible) resolve by position
-    return np.lexsort((np.arange(n), -keys))[:size]
+        negative_keys = np.log(u) / negative_p  # u == 0 gives a +inf: never preferred over a real key
+    # the `size` largest keys; equal keys (practically impossible) resolve by position (a stable sort)
+    return ascending_order(negative_keys, size)
 
 
 def reference_weighted_sample(candidates, size, rng) -> list[tuple[str, float]]:

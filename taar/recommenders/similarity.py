@@ -41,7 +41,6 @@ WEAK_LR_WARNING = 0.1
 #: ...but at most once per interval per process, so a weak model cannot flood the log.
 WEAK_LR_WARNING_INTERVAL_S = 60.0
 _last_weak_warning = [-math.inf]  # module state, never part of a pickled recommender
-_ONES = np.ones(len(FEATURES))
 
 
 def similarity_distances(XD, CD, x_c, c_c) -> np.ndarray:
@@ -163,15 +162,22 @@ class PointLookup:
                 and (nearest_points(xs, below) == target - 1).all()):
             self.usable = False  # not expected for a finite increasing curve; the binary search is exact
             return
-        self.origin = float(thresholds[0])
-        span = float(thresholds[-1]) - self.origin
-        self.scale = 2 * n / span if 0 < span < math.inf and 2 * n / span < math.inf else 1.0
-        self.top = math.inf  # no clipping from above while the thresholds are placed
-        raw = self.buckets(thresholds)
-        self.top = float(raw[-1] + 1)  # the last bucket is empty: it holds everything above
-        counts = np.bincount(raw, minlength=int(self.top) + 1)
-        self.max_points = int(counts.max())
-        self.usable = self.max_points <= MAX_BUCKET_POINTS
+        # origin 0 when every threshold is >= 0 and the buckets counted from 0 still hold at most
+        # MAX_BUCKET_POINTS thresholds each: a distance (>= 0 or NaN) then needs no shift and no
+        # lower clip (nearest_nonnegative); else the buckets start at the first threshold
+        origins = ([0.0] if thresholds[0] >= 0 else []) + [float(thresholds[0])]
+        for origin in origins:
+            self.origin = origin
+            span = float(thresholds[-1]) - self.origin
+            self.scale = 2 * n / span if 0 < span < math.inf and 2 * n / span < math.inf else 1.0
+            self.top = math.inf  # no clipping from above while the thresholds are placed
+            raw = self.buckets(thresholds)
+            self.top = float(raw[-1] + 1)  # the last bucket is empty: it holds everything above
+            counts = np.bincount(raw, minlength=int(self.top) + 1)
+            self.max_points = int(counts.max())
+            self.usable = self.max_points <= MAX_BUCKET_POINTS
+            if self.usable:
+                break
         # base[b] = thresholds in buckets < b; first[i, b] = the i-th threshold of bucket b, else NaN
         self.base = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         self.first = np.full((self.max_points, counts.shape[0]), np.nan)
@@ -194,6 +200,23 @@ class PointLookup:
         if not self.usable:
             return nearest_points(self.xs, dist)
         b = self.buckets(dist)
+        j = self.base[b]
+        for first in self.first:  # NaN padding compares False
+            j += dist >= first[b]
+        return j
+
+    def nearest_nonnegative(self, dist: np.ndarray) -> np.ndarray:
+        """:meth:`nearest` for distances that are all >= 0 or NaN (as similarity distances are).
+
+        With origin 0, :meth:`buckets` subtracts 0 (no change) and its lower clip never
+        applies to such values, so the bucket is ``(dist × scale)`` clipped above only:
+        three array operations instead of five, the same buckets.
+        """
+        if not self.usable or self.origin != 0.0:
+            return self.nearest(dist)
+        b = dist * self.scale
+        np.fmin(b, self.top, out=b)  # NaN becomes top, as in buckets
+        b = b.astype(np.int64)
         j = self.base[b]
         for first in self.first:  # NaN padding compares False
             j += dist >= first[b]
@@ -275,6 +298,7 @@ class SimilarityRecommender(RowRecommender):
         self.flat_columns_ = np.tile(np.arange(width, dtype=np.int64), n_donors)
         # columns where some donor is 0: a client 0 there makes a zero canberra denominator
         self.zero_columns_ = tuple(bool(z) for z in (self.donor_x_ == 0).any(axis=0))
+        self.ones_ = np.ones(width)  # the canberra row sums: terms @ ones_
         # per categorical column, row k = whether each donor's code differs from k (int8 0/1); the
         # last row (all 1) is the one code -1 (a value no donor has) selects
         self.mismatch_ = tuple(
@@ -294,17 +318,48 @@ class SimilarityRecommender(RowRecommender):
 
     def encode(self, profile: Mapping) -> tuple[np.ndarray, np.ndarray]:
         """The client's continuous vector and categorical codes (-1 = matches no donor)."""
-        # a finite float is the normalised profile's usual value: kept as it is, as _number would
-        x_c = np.array([v if type(v) is float and v - v == 0.0 else _number(v) for v in map(profile.get, CONTINUOUS)],
-                       dtype=np.float64)
-        c_c = np.array([self.codes_[i].get(_string(profile.get(f)), -1) for i, f in enumerate(CATEGORICAL)],
-                       dtype=np.int64)
-        return x_c, c_c
+        x_list = [v if type(v) is float and v - v == 0.0 else _number(v) for v in map(profile.get, CONTINUOUS)]
+        return np.array(x_list, dtype=np.float64), np.array(self._codes(profile), dtype=np.int64)
+
+    def _codes(self, profile: Mapping) -> list[int]:
+        """The categorical codes of :meth:`encode` as a list (what :meth:`distances` reads)."""
+        codes, get = self.codes_, profile.get
+        return [codes[0].get(_string(get(CATEGORICAL[0])), -1), codes[1].get(_string(get(CATEGORICAL[1])), -1),
+                codes[2].get(_string(get(CATEGORICAL[2])), -1)]
+
+    def _client(self, profile: Mapping):
+        """``(x_c as a list, codes)`` of :meth:`encode`, or None when :meth:`can_recommend` is False.
+
+        One pass over the profile's fields for both (the request path).
+        """
+        if not self.loaded_:
+            return None
+        x_list = []
+        for v in map(profile.get, CONTINUOUS):
+            if v is None:
+                return None
+            # a finite float is the normalised profile's usual value: kept as it is, as _number would
+            x_list.append(v if type(v) is float and v - v == 0.0 else _number(v))
+        get = profile.get
+        for f in CATEGORICAL:
+            if get(f) is None:
+                return None
+        return x_list, self._codes(profile)
 
     def curve_points(self, profile: Mapping) -> np.ndarray:
         """Index of the LR curve point each donor's distance to the client lands on."""
         x_c, c_c = self.encode(profile)
-        return self.point_lookup_.nearest(self.distances(x_c, c_c))
+        return self._points(x_c.tolist(), c_c.tolist())
+
+    def _points(self, x_list: list[float], codes: list[int]) -> np.ndarray:
+        """:meth:`curve_points` from :meth:`_client`'s lists.
+
+        Distances are >= 0 or NaN (canberra terms are in [0, 1] or NaN, plus 0.001,
+        times a hamming fraction in [0, 1]), so the lookup needs no lower clip.
+        """
+        x_c = np.array(x_list, dtype=np.float64)
+        zero = any(z and v == 0 for z, v in zip(self.zero_columns_, x_list, strict=True))
+        return self.point_lookup_.nearest_nonnegative(self._distances(x_c, codes, zero))
 
     def distances(self, x_c: np.ndarray, c_c: np.ndarray) -> np.ndarray:
         """``similarity_distances(donor_x_, donor_c_, x_c, c_c)`` for one client, with fewer operations.
@@ -323,16 +378,21 @@ class SimilarityRecommender(RowRecommender):
           C-ordered ``(n_donors, 5)`` array, so BLAS adds the terms in the same order.
         """
         x_c = np.asarray(x_c, dtype=np.float64)
+        codes = c_c if type(c_c) is list else np.asarray(c_c).tolist()
+        zero = any(z and v == 0 for z, v in zip(self.zero_columns_, x_c.tolist(), strict=True))
+        return self._distances(x_c, codes, zero)
+
+    def _distances(self, x_c: np.ndarray, codes: list[int], zero: bool) -> np.ndarray:
+        """:meth:`distances`; ``zero``: the client is 0 in a column where some donor is 0."""
         x_lined = x_c.take(self.flat_columns_).reshape(self.donor_x_.shape)
         terms = self.donor_x_ - x_lined
         np.abs(terms, out=terms)
         den = np.abs(x_lined, out=x_lined)
         den += self.donor_x_abs_
-        if any(z and v == 0 for z, v in zip(self.zero_columns_, x_c.tolist(), strict=True)):
+        if zero:
             den[den == 0] = 1.0
         terms /= den
-        canberra = terms @ _ONES[: terms.shape[1]]
-        codes = np.asarray(c_c).tolist()
+        canberra = terms @ self.ones_
         differing = self.mismatch_[0][codes[0]] + self.mismatch_[1][codes[1]]
         differing += self.mismatch_[2][codes[2]]
         hamming = differing / len(CATEGORICAL)
@@ -340,7 +400,12 @@ class SimilarityRecommender(RowRecommender):
 
     def scores(self, profile: Mapping) -> np.ndarray:
         """Score of every GUID in ``guids_``: ``Aᵀ · (ℓ ⊙ [ℓ > 0])``."""
-        points = self.curve_points(profile)
+        x_c, c_c = self.encode(profile)
+        return self._scores(x_c.tolist(), c_c.tolist())
+
+    def _scores(self, x_list: list[float], codes: list[int]) -> np.ndarray:
+        """:meth:`scores` from :meth:`_client`'s lists."""
+        points = self._points(x_list, codes)
         votes = self.point_votes_[points]
         # a vote >= the warning level means the best ln(LR) is too: only weak curves look further
         if not (points.size and votes.max() >= WEAK_LR_WARNING):
@@ -366,9 +431,10 @@ class SimilarityRecommender(RowRecommender):
     def candidate_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
         """:meth:`recommend_rows` in row order (unsorted by score): all an ensemble sum needs."""
         limit = check_limit(limit)
-        if not self.can_recommend(profile, extra):
+        client = self._client(profile)  # None exactly when can_recommend is False
+        if client is None:
             return NO_ROWS
-        s = self.scores(profile)
+        s = self._scores(*client)
         positive = (s > 0).nonzero()[0]
         if positive.shape[0] > limit:
             positive = positive[top_rows(s[positive], positive, limit)]

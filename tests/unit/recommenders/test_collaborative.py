@@ -8,6 +8,7 @@ import pytest
 
 from taar.hashing import item_id
 from taar.recommenders import CollaborativeRecommender
+from taar.recommenders.collaborative import FINITE_SCORES
 from tests.fixtures import toy
 
 pytestmark = pytest.mark.unit
@@ -114,3 +115,33 @@ def test_fast_rows_equal_ranking_every_eligible_row(seed):
             ref_best, ref_scores = rec.reference_rows(profile, limit)
             assert best.tolist() == ref_best.tolist()
             assert scores.tolist() == ref_scores.tolist()
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e150])
+@pytest.mark.parametrize("seed", range(4))
+def test_candidate_rows_are_the_reference_rows_on_both_paths(seed, scale):
+    """candidate_rows is the set of reference_rows: installed rows at -inf (scale 1, provably finite
+    scores) and the limit + len(installed) cut (scale 1e150: the bound 2 * (2e150)**2 = 8e300 is past
+    FINITE_SCORES, though the scores, at most 2 * 2e150 * 7 * 2e150 = 5.6e301, stay finite)."""
+    import numpy as np
+
+    rng = np.random.default_rng(40 + seed)
+    guids = [f"g{i:02d}@x" for i in range(30)]
+    # coarse integer factors: many equal scores, so the GUID tie-break decides at the cut
+    rows = [{"id": item_id(g), "features": (rng.integers(-2, 3, size=2) * scale).tolist()} for g in guids]
+    mapping = {str(item_id(g)): {"id": g, "isWebextension": bool(seed % 2 or i % 4)} for i, g in enumerate(guids)}
+    rec = CollaborativeRecommender().fit(item_matrix=rows, addon_mapping=mapping)
+    assert (rec.score_bound_ < FINITE_SCORES) == (scale == 1.0)
+    for _ in range(30):
+        installed = rng.choice(guids + ["unknown@x"], size=int(rng.integers(1, 8)), replace=False).tolist()
+        profile = toy.profile(installed_addons=installed)
+        for limit in (0, 1, 3, 10, 40):
+            got_rows, got_scores = rec.candidate_rows(profile, limit)
+            ref_rows, ref_scores = rec.reference_rows(profile, limit)
+            assert sorted(zip(got_rows.tolist(), got_scores.tolist(), strict=True)) == sorted(
+                zip(ref_rows.tolist(), ref_scores.tolist(), strict=True))
+
+
+def test_score_bound_is_factors_times_the_largest_factor_squared(rec):
+    # toy factors (2 columns), largest |f| = 2 (d-delta [2, -1]): 2 * 2 * 2 = 8
+    assert rec.score_bound_ == 8.0

@@ -6,6 +6,8 @@ Scores: x = 4·1 + 0.5·2 = 5; y = 2·1 + 2·0.5 = 3; z = 6·0.5 = 3; w = 1·2 =
 inst dropped. Order x, y, z (y/z tie -> GUID), w.
 """
 
+import math
+
 import pytest
 
 from taar.recommenders import EnsembleRecommender, LocaleRecommender
@@ -161,6 +163,24 @@ def test_dense_combine_equals_the_dictionary_combine(seed):
                 expected_answers, guids)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_contributions_from_candidate_indices_equal_those_from_guids(seed):
+    """The manager passes the chosen candidate indices it has; the explanation is the same."""
+    import numpy as np
+
+    weights = {"ensemble_weights": {"collaborative": 1.0, "similarity": 0.5, "locale": 0.25}}
+    dense = EnsembleRecommender().fit(**random_members(seed), ensemble_weights=weights)
+    rng = np.random.default_rng(500 + seed)
+    for _ in range(10):
+        profile = toy.profile(installed_addons=rng.choice([f"g{i:02d}@x" for i in range(40)], size=3,
+                                                          replace=False).tolist(), locale="en-US")
+        results, answers = dense.combine(profile, 12)
+        guids = [g for g, _ in results][::2]
+        indices = [dense.index_of_[g] for g in guids]
+        assert dense.contributions(answers, guids, indices) == dense.contributions(answers, guids)
+        assert list(dense.contributions(answers, guids, indices)) == guids
+
+
 def test_members_without_the_dense_interface_use_the_dictionary_path():
     rec = EnsembleRecommender().fit(**members(), ensemble_weights=WEIGHTS)
     assert not rec.dense_
@@ -215,6 +235,27 @@ def test_top_rows_is_the_set_top_indices_picks_with_ties_at_the_cut():
                 top_indices(scores, tiebreak, limit).tolist())
 
 
+@pytest.mark.parametrize("n", [1, 5, 40, 300])
+def test_ascending_order_is_the_stable_sort_with_ties_zeros_and_nan(n):
+    """Both head checks (Python floats below SMALL_HEAD keys, numpy above) give the stable order."""
+    import numpy as np
+
+    from taar.recommenders.base import SMALL_HEAD, ascending_order
+
+    rng = np.random.default_rng(n)
+    for trial in range(60):
+        if trial % 3 == 0:  # distinct keys: the unstable sort is kept
+            keys = rng.normal(size=n)
+        else:  # coarse keys with -0.0 beside 0.0 and some infinities: ties everywhere
+            keys = rng.choice([-np.inf, -1.0, -0.0, 0.0, 2.0, np.inf], size=n)
+        if trial % 5 == 4:
+            keys[rng.integers(n)] = np.nan  # NaN sorts last; two of them may tie too
+            keys[rng.integers(n)] = np.nan
+        for count in sorted({0, 1, 3, SMALL_HEAD - 1, SMALL_HEAD, n - 1, n, n + 2} - {-1}):
+            expected = np.argsort(keys, kind="stable")[:count]
+            assert ascending_order(keys, count).tolist() == expected.tolist(), (trial, count)
+
+
 def test_a_raising_dense_member_is_skipped_counted_and_timed(monkeypatch):
     """candidate_rows (asked without can_recommend first) raising: skipped like a failing member."""
     m = random_members(1)
@@ -234,3 +275,45 @@ def test_a_raising_dense_member_is_skipped_counted_and_timed(monkeypatch):
     assert metrics.counters == {"error_similarity": 1}
     assert sorted(metrics.timings) == ["collaborative_recommend", "ensemble_recommend", "locale_recommend",
                                        "similarity_recommend"]
+
+
+class DenseStub:
+    """A dense member (candidate_guids_, candidate_rows, recommend_rows) answering fixed scores."""
+
+    def __init__(self, pairs):
+        self.pairs = pairs
+        self.candidate_guids_ = tuple(g for g, _ in pairs)
+
+    def can_recommend(self, profile, extra=None):
+        return True
+
+    def recommend(self, profile, limit, extra=None):
+        return sorted(self.pairs, key=lambda p: (-p[1], p[0]))[:limit]
+
+    def recommend_rows(self, profile, limit, extra=None):
+        import numpy as np
+
+        rows = [self.candidate_guids_.index(g) for g, _ in self.recommend(profile, limit)]
+        return np.array(rows, dtype=np.int64), np.array([self.pairs[r][1] for r in rows])
+
+    candidate_rows = recommend_rows
+
+
+@pytest.mark.parametrize("limit", [1, 50])
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan, 1e308])
+def test_non_finite_dense_totals_fall_back_to_the_dictionary_combine(bad, limit):
+    # three installed GUIDs no member offers: each member is asked for limit + 3 rows, so limit 1 gives
+    # 4 or 5 candidates (more than 3 x 1: the partition branch) and limit 50 all 6 (the sorting branch);
+    # a's total is 1e308 + bad: +inf, -inf, NaN, or 2e308 overflowing to +inf
+    first = DenseStub([("a", 1e308), ("b", 2.0), ("c", 1.0), ("d", 0.5), ("e", 0.25), ("f", 0.125)])
+    second = DenseStub([("a", bad), ("c", 3.0)])
+    rec = EnsembleRecommender().fit(collaborative=first, similarity=second, ensemble_weights={
+        "collaborative": 1.0, "similarity": 1.0, "locale": 1.0, "item_item": 1.0})
+    assert rec.dense_
+    installed = ["x1@x", "x2@x", "x3@x"]
+    profile = toy.profile(installed_addons=installed)
+    assert rec.ranked(profile, limit) is None
+    results, answers = rec.combine(profile, limit)
+    expected = rec._combine_dict(profile, limit, None, None, installed, limit + 3)[0]
+    assert [(g, repr(w)) for g, w in results] == [(g, repr(w)) for g, w in expected]  # NaN == NaN as text
+    assert len(answers[0]) == 3  # the dictionary path's answers

@@ -77,3 +77,18 @@ def test_sample_positions_are_the_chosen_candidates_best_key_first():
     positions = sample_positions(np.array([2.0, 3.0, 4.0]), 2, FixedUniforms([0.5, 0.5, 0.25]))
     assert positions.tolist() == [1, 2]
     assert sample_positions(np.array([1.0]), 0, FixedUniforms([])).tolist() == []
+
+
+@settings(max_examples=50, deadline=None)
+@given(weights=st.lists(st.floats(-10, 10), min_size=1, max_size=40), size=st.integers(0, 40),
+       seed=st.integers(0, 2**63 - 1))
+def test_sorted_pool_positions_equal_the_general_ones(weights, size, seed):
+    """descending=True (the minimum read as the last weight) chooses what the general path chooses."""
+    pool = np.array(sorted(weights, reverse=True))
+    got = sample_positions(pool, size, np.random.Generator(np.random.PCG64(seed)), descending=True)
+    expected = sample_positions(pool, size, np.random.Generator(np.random.PCG64(seed)))
+    assert got.tolist() == expected.tolist()
+    # and both are the reference loop's choice, position by position
+    reference = reference_weighted_sample([(f"g{i:02d}", w) for i, w in enumerate(pool.tolist())], size,
+                                          np.random.Generator(np.random.PCG64(seed)))
+    assert sorted(f"g{i:02d}" for i in got.tolist()) == sorted(g for g, _ in reference)

@@ -220,6 +220,49 @@ def test_bucketed_nearest_points_equal_the_binary_search(xs):
     assert lookup.nearest(np.array([np.nan, 1.0])).tolist() == nearest_points(xs, np.array([np.nan, 1.0])).tolist()
 
 
+@pytest.mark.parametrize("xs", [
+    np.linspace(0.0, 5.0, 1000),                       # thresholds >= 0: buckets counted from 0
+    np.linspace(-2.0, 3.0, 7),                         # a negative threshold: from the first one
+    np.linspace(100.0, 101.0, 50),                     # far from 0: from 0 the buckets would crowd
+    np.array([0.0, 0.1, 0.2, 0.25, 0.3, 4.0]),
+    np.r_[np.linspace(0.0, 1e-6, 50), 1.0],            # clustered: binary search
+])
+def test_nearest_for_non_negative_distances_equals_the_binary_search(xs):
+    from taar.recommenders.similarity import PointLookup
+
+    rng = np.random.default_rng(len(xs))
+    lookup = PointLookup(xs)
+    hi = float(xs[-1])
+    mids = (xs[1:] + xs[:-1]) / 2
+    dist = np.concatenate([rng.uniform(0, hi + 1, 3000), xs, mids, np.nextafter(xs, np.inf),
+                           np.nextafter(xs, -np.inf), [0.0, -0.0, 1e300, np.inf, np.nan]])
+    dist = dist[(dist >= 0) | np.isnan(dist)]
+    assert lookup.nearest_nonnegative(dist).tolist() == nearest_points(xs, dist).tolist()
+
+
+def test_bucket_origin_is_zero_only_when_the_thresholds_allow_it():
+    from taar.recommenders.similarity import PointLookup
+
+    assert PointLookup(np.linspace(0.0, 5.0, 1000)).origin == 0.0
+    assert PointLookup(np.linspace(-2.0, 3.0, 7)).origin < 0  # the first threshold, between -2 and -2 + 5/6
+    # from 0, the 49 thresholds of [100, 101] would share the first of 2 * 50 buckets over [0, 101]
+    lookup = PointLookup(np.linspace(100.0, 101.0, 50))
+    assert lookup.usable and lookup.origin > 100
+
+
+@pytest.mark.parametrize("field", ["geo_city", "locale", "os", "subsession_length", "bookmark_count",
+                                   "tab_open_count", "total_uri", "unique_tlds"])
+def test_the_request_encoding_refuses_exactly_what_can_recommend_refuses(rec, field):
+    profile = toy.profile()
+    assert rec._client(profile) is not None and rec.can_recommend(profile)
+    missing = dict(profile, **{field: None})
+    assert rec._client(missing) is None and not rec.can_recommend(missing)
+    assert rec.candidate_rows(missing, 5)[0].tolist() == []
+    x_list, codes = rec._client(profile)
+    x_c, c_c = rec.encode(profile)
+    assert (x_list, codes) == (x_c.tolist(), c_c.tolist())
+
+
 def test_clustered_curves_do_not_use_buckets():
     from taar.recommenders.similarity import PointLookup
 
