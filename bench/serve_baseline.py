@@ -10,7 +10,9 @@ working tree's; each service's ``/__models__`` is checked (only the working tree
 Models: the working tree publishes ``bench.serve.publish_models``; BASE publishes the same
 ``synthetic_models`` numbers with its own ``taar.storage.publish``, without ``item_item`` and with
 the same three ensemble weights (BASE refuses a fourth key), so BASE serves 3 ensemble members and
-the working tree 4: the comparison is conservative. Both read the same 20 000 synthetic profiles
+the working tree 4: the comparison is conservative. A BASE that already publishes with
+``taar.publishing`` and serves ``item_item`` (e.g. ``--base ebc3cff``) serves the working tree's own
+store, four members each. Both read the same 20 000 synthetic profiles
 from one SQLite file and one Bigtable emulator table. Load as ``bench.serve`` (WORKERS=2 THREADS=8,
 statsd to loopback, 16 wrk connections, ``--duration`` s each: /__lbheartbeat__, per-user,
 TAARlite), one service at a time, interleaved BASE sqlite, current sqlite, BASE bigtable, current
@@ -79,6 +81,11 @@ def publish_base_models(tree: Path, store_dir: Path, date: dt.date) -> None:
                     date.isoformat()], cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, check=True)
 
 
+def reads_current_models(tree: Path) -> bool:
+    """BASE publishes with ``taar.publishing`` and serves ``item_item``: it serves the working tree's store."""
+    return (tree / "taar" / "publishing.py").exists() and (tree / "taar" / "recommenders" / "item_item.py").exists()
+
+
 def check_same_models(current_dir: Path, base_dir: Path) -> None:
     """Both stores hold the same numbers (BASE: no item_item, the other three weights)."""
     from taar.publishing import read_artifact
@@ -94,12 +101,13 @@ def check_same_models(current_dir: Path, base_dir: Path) -> None:
         raise RuntimeError("BASE's ensemble weights differ from the working tree's first three")
 
 
-def check_service(server: serve.Server, code: str, known_id: str) -> None:
-    """Fail unless the service runs ``code``'s tree and recommends for a known client only."""
+def check_service(server: serve.Server, code: str, known_id: str, four_members: bool) -> None:
+    """Fail unless the service runs ``code``'s tree (``four_members``: it serves item_item) and
+    recommends for a known client only."""
     models = json.loads(serve.http_get(server.base + "/__models__")[1])["models"]
-    if ("item_item" in models) != (code == "current"):
+    if ("item_item" in models) != four_members:
         raise RuntimeError(f"the {code} service reports models {sorted(models)}: wrong tree imported")
-    if code == "current" and models["item_item"]["status"] != "loaded":
+    if four_members and models["item_item"]["status"] != "loaded":
         raise RuntimeError(f"current service: item_item not loaded: {models['item_item']}")
     # results for a known id and none for an unknown one: the service reads the shared profile rows
     for client_id, found in ((known_id, True), ("0123456789abcdef" * 4, False)):  # not a test id
@@ -109,13 +117,14 @@ def check_service(server: serve.Server, code: str, known_id: str) -> None:
                                f"{status} {body[:200]!r}")
 
 
-def run_block(code, tree, store_dir, profile_uri, store, paths, args, client, emulator_pid, known_id):
+def run_block(code, tree, store_dir, profile_uri, store, paths, args, client, emulator_pid, known_id,
+              four_members):
     """One service up; warm-up, then a measured load per route. Returns one record per route."""
     env = {**serve.server_env(store_dir, profile_uri, args), "PYTHONPATH": str(tree)}
     print(f"{code} ({store} profiles)", flush=True)
     # gunicorn puts its working directory first on sys.path (before PYTHONPATH), so that must be the tree too
     with contextlib.chdir(tree), serve.Server(env, WORK / f"gunicorn-{code}-{store}.log") as server:
-        check_service(server, code, known_id)
+        check_service(server, code, known_id, four_members)
         serve.run_load(server.base, paths["per-user"], 2, args.connections, "warm-up", client)
         records, cpu = [], {}
         for route in ROUTES:
@@ -166,7 +175,7 @@ def summarise(loads: list[dict], rounds: int) -> tuple[dict, dict]:
     return table, head
 
 
-def print_report(table: dict, head: dict) -> None:
+def print_report(table: dict, head: dict, members: dict | None = None) -> None:
     def seq(values, fmt):
         return " / ".join("-" if v is None else format(v, fmt) for v in values)
 
@@ -178,7 +187,9 @@ def print_report(table: dict, head: dict) -> None:
                 print(f"{code:<8} {store:<9} {route:<12} {seq(c['rps_by_round'], '.0f'):>18} "
                       f"{seq(c['p99_ms_by_round'], '.1f'):>14} {seq(c['cpu_ms_by_round'], '.3f'):>20} "
                       f"{seq(c['emulator_ms_by_round'], '.3f'):>14}")
-    print("\nBASE serves 3 ensemble members, the working tree 4 (item_item): the ratios are conservative.")
+    members = members or {"base": 3, "current": 4}
+    print(f"\nBASE serves {members['base']} ensemble members, the working tree {members['current']}"
+          + (" (item_item): the ratios are conservative." if members["base"] < members["current"] else "."))
     print("CPU ms per request, BASE / current = x times cheaper (means over rounds; by round; best of rounds):")
     for name, h in head.items():
         if isinstance(h, dict):
@@ -222,8 +233,12 @@ def main(argv=None) -> dict:
         stores = {"current": WORK / "models-current", "base": WORK / "models-base"}
         trees = {"current": ROOT, "base": base_tree}
         serve.publish_models(stores["current"], date)
-        publish_base_models(base_tree, stores["base"], date)
-        check_same_models(stores["current"], stores["base"])
+        if reads_current_models(base_tree):  # a BASE after issue 15: the same store, four members
+            stores["base"] = stores["current"]
+            figures["ensemble_members"]["base"] = 4
+        else:
+            publish_base_models(base_tree, stores["base"], date)
+            check_same_models(stores["current"], stores["base"])
 
         from taar.publishing import read_artifact
         from taar.storage import open_model_store
@@ -251,8 +266,9 @@ def main(argv=None) -> dict:
                 for store, uri in profile_uris.items():
                     pid = emulator.proc.pid if store == "bigtable" else None
                     for code in ("base", "current"):
+                        four = figures["ensemble_members"][code] == 4
                         for record in run_block(code, trees[code], stores[code], uri, store, paths, args, "wrk",
-                                                pid, known[0]):
+                                                pid, known[0], four):
                             loads.append({"round": round_, **record})
         finally:
             if emulator is not None:
@@ -260,7 +276,7 @@ def main(argv=None) -> dict:
 
     figures["loads"] = loads
     figures["table"], figures["headline"] = summarise(loads, args.rounds)
-    print_report(figures["table"], figures["headline"])
+    print_report(figures["table"], figures["headline"], figures["ensemble_members"])
     (serve.OUT / "serve_baseline.json").write_text(json.dumps(figures, indent=2))
     print(f"written {serve.OUT / 'serve_baseline.json'}")
     failed = [f"{r['code']}/{r['store']} {r['route']} round {r['round']}: {r['failures']}" for r in loads if r["failures"]]
