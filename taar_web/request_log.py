@@ -118,41 +118,50 @@ def new_request_id() -> str:
     return f"{random.getrandbits(128):032x}"
 
 
-def _request_id() -> str:
-    rid = flask.request.headers.get(REQUEST_ID_HEADER, "").strip()
-    return rid[:_MAX_REQUEST_ID] if rid else new_request_id()
+def open_request(request_id: str | None, route: str | None) -> tuple:
+    """Open a request's log context and metrics batch; pass the result to :func:`close_request`.
+
+    ``request_id`` is the caller's ``X-Request-ID`` (a new id when absent or blank);
+    ``route`` the matched URL rule. The Flask hooks and the per-user fast path
+    (:mod:`taar_web.fastpath`) both go through here.
+    """
+    rid = (request_id or "").strip()[:_MAX_REQUEST_ID] or new_request_id()
+    return _request_context.set({"rid": rid, "route": route}), metrics.begin_request(), time.perf_counter()
+
+
+def write_summary(method: str, path: str, status: int, started: float | None) -> None:
+    """The request's one ``request.summary`` record (the bound context is added by the filter)."""
+    summary_logger.info("", extra={
+        "method": method, "path": path, "status": status,
+        "t": round((time.perf_counter() - started) * 1000, 3) if started is not None else None,
+    })
+
+
+def close_request(opened: tuple) -> None:
+    """Publish the request's metrics and drop its log context."""
+    log_token, metrics_token, _ = opened
+    metrics.end_request(metrics_token)
+    _request_context.reset(log_token)
 
 
 def _open_context():
     rule = flask.request.url_rule
-    context = {"rid": _request_id(), "route": rule.rule if rule is not None else None}
-    flask.g.taar_log_token = _request_context.set(context)
-    flask.g.taar_metrics_token = metrics.begin_request()
-    flask.g.taar_started = time.perf_counter()
+    flask.g.taar_request = open_request(flask.request.headers.get(REQUEST_ID_HEADER),
+                                        rule.rule if rule is not None else None)
 
 
 def _summarise(response):
-    started = flask.g.get("taar_started")
+    opened = flask.g.get("taar_request")
     rule = flask.request.url_rule
-    summary_logger.info(
-        "",
-        extra={
-            "method": flask.request.method,
-            "path": rule.rule if rule is not None else redact_path(flask.request.path),
-            "status": response.status_code,
-            "t": round((time.perf_counter() - started) * 1000, 3) if started is not None else None,
-        },
-    )
+    write_summary(flask.request.method, rule.rule if rule is not None else redact_path(flask.request.path),
+                  response.status_code, opened[2] if opened is not None else None)
     return response
 
 
 def _close_context(exc):
-    metrics_token = flask.g.pop("taar_metrics_token", None)
-    if metrics_token is not None:
-        metrics.end_request(metrics_token)
-    token = flask.g.pop("taar_log_token", None)
-    if token is not None:
-        _request_context.reset(token)
+    opened = flask.g.pop("taar_request", None)
+    if opened is not None:
+        close_request(opened)
 
 
 def init_app(app: flask.Flask) -> None:

@@ -209,9 +209,14 @@ def _promoted_row(index: int, row) -> tuple[str, float]:
 # --------------------------------------------------------------------------- error rendering
 
 
+def error_body(message: str, results=None) -> dict:
+    """The JSON error envelope: ``{"results": <empty>, "error": message}``."""
+    return {"results": [] if results is None else results, "error": message}
+
+
 def error_response(status: int, message: str, results=None, headers=None) -> flask.Response:
-    """The JSON error envelope with ``Cache-Control: no-store``."""
-    response = flask.jsonify({"results": [] if results is None else results, "error": message})
+    """:func:`error_body` as a response with ``Cache-Control: no-store``."""
+    response = flask.jsonify(error_body(message, results))
     response.status_code = status
     response.headers["Cache-Control"] = "no-store"
     for name, value in (headers or {}).items():

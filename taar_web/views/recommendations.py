@@ -49,19 +49,17 @@ def _recommend(manager, client_id: str, limit: int, extra: dict, seed: int, metr
         return Recommendation([], {}, seed, False, False)
 
 
-@bp.route("/v1/api/recommendations/<hashed_client_id>/", methods=["GET", "POST"])
-def recommendations(hashed_client_id: str):
-    """Personalised add-ons for one hashed client id, merged with the caller's promoted ones."""
-    svc = services.current()
+#: The route's URL rule (the fast path of :mod:`taar_web.fastpath` logs the same one).
+ROUTE = "/v1/api/recommendations/<hashed_client_id>/"
+
+
+def answer(svc, client, promoted, locale: str | None, platform: str | None, explain: bool) -> dict:
+    """The response body for validated inputs: recommend, merge the promoted add-ons in, log the outcome.
+
+    Shared by the Flask view and the per-user fast path (:mod:`taar_web.fastpath`),
+    so both answer, bind and count exactly the same.
+    """
     settings = svc.settings
-    client = parse_client_id(hashed_client_id)
-    promoted = []
-    if flask.request.method == "POST":
-        promoted = parse_promoted(read_body(settings.max_body_bytes), settings.max_promoted)
-    locale, rejected = parse_locale(flask.request.args.get("locale"))
-    if rejected:
-        svc.metrics.incr("invalid_locale", tags=["route:recommendations"])
-    platform = flask.request.args.get("platform")
     seed = settings.random_seed if settings.random_seed is not None else svc.seed_source()
     request_log.bind(client_id=client.value, locale=locale,
                      platform=(platform or "")[:MAX_LOGGED_PLATFORM] or None, seed=seed)
@@ -73,7 +71,7 @@ def recommendations(hashed_client_id: str):
     request_log.bind(guids=recommendation.guids, test_client=recommendation.is_test or None)
 
     body = {"results": [guid for guid, _, _ in merged]}
-    if parse_flag(flask.request.args.get("explain")):
+    if explain:
         body["result_info"] = [
             {"guid": guid, "weight": weight,
              "sources": {"promoted": weight} if is_promoted else recommendation.sources.get(guid, {})}
@@ -81,6 +79,23 @@ def recommendations(hashed_client_id: str):
         ]
         body["seed"] = recommendation.seed
         body["model_versions"] = snapshot.versions
+    return body
+
+
+@bp.route(ROUTE, methods=["GET", "POST"])
+def recommendations(hashed_client_id: str):
+    """Personalised add-ons for one hashed client id, merged with the caller's promoted ones."""
+    svc = services.current()
+    request = flask.request
+    client = parse_client_id(hashed_client_id)
+    promoted = []
+    if request.method == "POST":
+        promoted = parse_promoted(read_body(svc.settings.max_body_bytes), svc.settings.max_promoted)
+    args = request.args
+    locale, rejected = parse_locale(args.get("locale"))
+    if rejected:
+        svc.metrics.incr("invalid_locale", tags=["route:recommendations"])
+    body = answer(svc, client, promoted, locale, args.get("platform"), parse_flag(args.get("explain")))
     response = flask.jsonify(body)
     response.headers["Cache-Control"] = "no-store"
     return response
