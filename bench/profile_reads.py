@@ -11,7 +11,9 @@ Starts ``cbtemulator`` on a free loopback port, loads ``--rows`` profiles of abo
   filter and deadline, the reference the reader replaced (kept only here).
 
 Then the concurrent mode: ``--threads`` threads (a gunicorn worker's request
-threads) read ``--reads`` profiles between them, 1 in 10 a missing key, two ways:
+threads) read ``--reads`` profiles between them, 1 in 10 a missing key, each
+thread holding the GIL for ``--work-us`` microseconds of Python work after each
+read (a request's recommendation: about 500 in the service; default 0), two ways:
 
 * ``store.get, N threads``: concurrent reads coalesced into shared ReadRows calls;
 * ``one call per read, N threads``: ``RowReader.attempt``, one ReadRows call per
@@ -58,8 +60,16 @@ def measure(read, keys: list[bytes], reads: int, emulator_pid: int) -> dict:
     }
 
 
-def measure_threads(read, keys: list[bytes], reads: int, threads: int, emulator_pid: int) -> dict:
-    """Per-read figures of ``read(key)`` called by ``threads`` threads at once, ``reads`` calls in all.
+def spin(seconds: float) -> None:
+    """Python work holding the GIL (bytecode, not a sleep) for ``seconds``."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def measure_threads(read, keys: list[bytes], reads: int, threads: int, emulator_pid: int, work_s: float) -> dict:
+    """Per-read figures of ``read(key)`` called by ``threads`` threads at once, ``reads`` calls in all,
+    each call followed by ``work_s`` of :func:`spin` (counted in the figures).
 
     Every 10th key read is missing (a 10 % unknown-client share, as bench.serve); the
     others must be found.
@@ -75,6 +85,8 @@ def measure_threads(read, keys: list[bytes], reads: int, threads: int, emulator_
                         raise RuntimeError("a missing profile read back as found")
                 elif read(keys[i % len(keys)]) is None:
                     raise RuntimeError("a loaded profile read back as missing")
+                if work_s:
+                    spin(work_s)
         except Exception as exc:  # reported after the join
             errors.append(exc)
 
@@ -124,9 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reads", type=int, default=3000, help="timed reads per path (default 3000)")
     parser.add_argument("--rows", type=int, default=1000, help="profiles loaded and read in turn (default 1000)")
     parser.add_argument("--threads", type=int, default=8, help="threads of the concurrent mode (default 8)")
+    parser.add_argument("--work-us", type=float, default=0.0,
+                        help="Python work after each read in the concurrent mode, microseconds (default 0)")
     args = parser.parse_args(argv)
-    if args.reads < 1 or args.rows < 1 or args.threads < 1:
-        parser.error("--reads, --rows and --threads must be >= 1")
+    if args.reads < 1 or args.rows < 1 or args.threads < 1 or args.work_us < 0:
+        parser.error("--reads, --rows and --threads must be >= 1, --work-us >= 0")
 
     from taar.storage import BigtableProfileStore
     from tests.fixtures.emulators import BigtableEmulator, cbtemulator_binary
@@ -152,19 +166,22 @@ def main(argv: list[str] | None = None) -> int:
         reads0, calls0 = batches.reads, batches.calls
         coalesced = f"store.get, {args.threads} threads"
         results[coalesced] = measure_threads(
-            lambda key: store.get(key, DEADLINE_S), keys, args.reads, args.threads, emulator.proc.pid
+            lambda key: store.get(key, DEADLINE_S), keys, args.reads, args.threads, emulator.proc.pid,
+            args.work_us / 1e6,
         )
         results[coalesced]["reads_per_call"] = round((batches.reads - reads0) / (batches.calls - calls0), 2)
         reader = store._reader
         single = f"one call per read, {args.threads} threads"
         results[single] = measure_threads(
-            lambda key: reader.attempt(key, DEADLINE_S), keys, args.reads, args.threads, emulator.proc.pid
+            lambda key: reader.attempt(key, DEADLINE_S), keys, args.reads, args.threads, emulator.proc.pid,
+            args.work_us / 1e6,
         )
         results[single]["reads_per_call"] = 1.0
         store.close()
 
     payload_bytes = sum(map(len, payloads)) / len(payloads)
-    print(f"{args.reads} reads of {args.rows} profiles (~{payload_bytes:.0f} bytes each), cbtemulator, one process")
+    print(f"{args.reads} reads of {args.rows} profiles (~{payload_bytes:.0f} bytes each), cbtemulator, one process; "
+          f"concurrent mode: {args.work_us:.0f} us of Python work after each read")
     print(f"{'path':32s} {'client CPU us/read':>19s} {'wall us/read':>13s} {'emulator CPU us/read':>21s} "
           f"{'reads/call':>11s}")
     for name, figures in results.items():
@@ -176,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{results[single]['client_cpu_us'] / results[coalesced]['client_cpu_us']:.2f}")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "profile_reads.json").write_text(json.dumps(
-        {"reads": args.reads, "rows": args.rows, "threads": args.threads, "payload_bytes": round(payload_bytes), "results": results}, indent=2
+        {"reads": args.reads, "rows": args.rows, "threads": args.threads, "work_us": args.work_us, "payload_bytes": round(payload_bytes), "results": results}, indent=2
     ) + "\n")
     return 0
 
