@@ -324,15 +324,18 @@ class Batches:
     waiting read is woken to lead the next batch.
 
     Why two calls in flight and not one: with one, every read that arrives
-    during a slow call (a tail latency, a retry's pause) waits for that call to
-    end; with two, a read waits behind at most the call that has been running
-    longest, while the calls still carry several keys each under load (a read
-    of the emulator takes ~0.3-0.5 ms, long enough for the other request
-    threads to queue up behind it). More would split batches further for no
-    latency gain on one HTTP/2 connection. Deadlines never depend on the batch:
-    the leader's call runs with the leader's own deadline and every other read
-    waits only until its own; keys a timed-out call did not answer go back to
-    the queue for a reader that still has time.
+    during a slow call (a tail latency, a leader's retry pause, a stalled
+    leader waiting out its deadline) waits for that call to end; with two, a
+    waiting read is sent as soon as either call ends, so one slow call holds
+    up only the reads it carries, while calls still carry several keys each
+    under load (8 threads reading the emulator: ~2.4 reads a call with two,
+    ~3.6 with one; ``python -m bench.profile_reads``). More would split
+    batches further for little latency gain on one HTTP/2 connection.
+
+    Deadlines never depend on the batch: the leader's call runs with the
+    leader's own deadline and every other read waits only until its own; keys
+    a timed-out call did not answer go back to the queue, ahead of newer ones,
+    for a read that still has time.
 
     Counters ``reads`` and ``calls`` (ReadRows calls sent, retries included)
     are for tests and benchmarks. The lock is per instance and an instance
