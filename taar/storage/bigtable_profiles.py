@@ -6,8 +6,10 @@ payload, cell timestamp the end of the job's logical date (millisecond granulari
 
 Reads (:meth:`~BigtableProfileStore.get`, ``ping``, ``warm``) call the Bigtable v2
 ``ReadRows`` RPC directly on one gRPC channel per process, with the official
-generated protobuf messages, and merge the response chunks of the one row
-themselves (:func:`merge_row`). The high-level data client's per-call machinery
+generated protobuf messages, and merge the response chunks themselves
+(:func:`merge_rows`). Concurrent reads in one process share calls: a read that
+finds a free call slot sends at once, the others wait for the next call, which
+carries several row keys (:class:`Batches`). The high-level data client's per-call machinery
 (retry wrappers, proto-plus, its row-merging state machine, async-to-sync layers)
 cost more CPU than the whole recommendation (SPEC §3.7). Writes use the
 google-cloud-bigtable data client and :meth:`ensure_table` the admin API.
@@ -109,43 +111,53 @@ class InvalidReadRowsStream(ProfileStoreError):
     """A ReadRows response stream broke the chunk protocol (or answered another row)."""
 
 
-def merge_row(responses: Iterable, row_key: bytes) -> bytes | None:
-    """The ``profile:payload`` value of row ``row_key`` in a ReadRows response stream.
+def merge_rows(responses: Iterable, row_keys) -> Iterator[tuple[bytes, bytes | None]]:
+    """``(row key, profile:payload value or None)`` of each committed row of a ReadRows response stream.
 
-    ``responses`` are ``ReadRowsResponse`` protobuf messages of a request for that
-    one row. The chunk protocol: the first chunk of a row carries its key, a
-    chunk naming a family also names a qualifier, a chunk with only a qualifier
-    keeps the family, a value split over several chunks has ``value_size`` > 0 on
-    all but its last chunk, ``reset_row`` drops what was received of the row and
-    ``commit_row`` ends it. Returns ``None`` when the stream holds no row (absent
-    key) or the committed row has no such cell; raises
-    :class:`InvalidReadRowsStream` when a chunk breaks the protocol, names another
-    row, or the stream ends inside an uncommitted row (a row is only valid once
-    committed, so a truncated one is an error, not "not found").
+    ``responses`` are ``ReadRowsResponse`` protobuf messages of a request for
+    the rows ``row_keys`` (a collection of bytes). A row is yielded as soon as it
+    is committed, so the rows before a broken part of a stream keep their answer.
+    The chunk protocol: rows come in increasing key order, each once; the first
+    chunk of a row carries its key (a later chunk of the row may repeat it, not
+    change it); a chunk naming a family also names a qualifier, a chunk with only
+    a qualifier keeps the family; a value split over several chunks has
+    ``value_size`` > 0 on all but its last chunk; ``reset_row`` drops what was
+    received of the current row and ``commit_row`` ends it. A requested key with
+    no row in the stream is absent (not yielded); a committed row without the
+    cell is yielded with ``None``. Raises :class:`InvalidReadRowsStream` when a
+    chunk breaks the protocol, names a row not requested, or the stream ends
+    inside an uncommitted row (a row is only valid once committed, so a
+    truncated one is an error, not "not found").
     """
-    started = committed = False
-    found = None  # the payload of the row being received
+    wanted = row_keys if isinstance(row_keys, (set, frozenset, dict)) else frozenset(row_keys)
+    last = None  # key of the last committed row
+    current = None  # key of the row being received; None between rows
+    found = None  # its payload
     family = qualifier = None
     parts = None  # value parts of a cell split over several chunks
     for response in responses:
         for chunk in response.chunks:
-            if committed:
-                raise InvalidReadRowsStream("chunk after the committed row")
             if chunk.reset_row:
-                if not started:
+                if current is None:
                     raise InvalidReadRowsStream("reset_row outside a row")
                 if (chunk.row_key or chunk.HasField("family_name") or chunk.HasField("qualifier")
                         or chunk.timestamp_micros or chunk.labels or chunk.value or chunk.value_size):
                     raise InvalidReadRowsStream("reset_row chunk carries data")
-                started, found, family, qualifier, parts = False, None, None, None, None
+                current, found, family, qualifier, parts = None, None, None, None, None
                 continue
-            if chunk.row_key and chunk.row_key != row_key:
-                raise InvalidReadRowsStream("row key other than the one requested")
+            key = chunk.row_key
+            if key:
+                if key not in wanted:
+                    raise InvalidReadRowsStream("row key other than the ones requested")
+                if current is None:
+                    if last is not None and key <= last:
+                        raise InvalidReadRowsStream("row out of key order or repeated")
+                    current = key
+                elif key != current:
+                    raise InvalidReadRowsStream("row key changed inside a row")
+            elif current is None:
+                raise InvalidReadRowsStream("first chunk of a row has no row key")
             if parts is None:  # a new cell
-                if not started:
-                    if not chunk.row_key:
-                        raise InvalidReadRowsStream("first chunk of a row has no row key")
-                    started = True
                 if chunk.HasField("family_name"):
                     if not chunk.HasField("qualifier"):
                         raise InvalidReadRowsStream("new family without a qualifier")
@@ -170,17 +182,26 @@ def merge_row(responses: Iterable, row_key: bytes) -> bytes | None:
             if chunk.commit_row:
                 if parts is not None:
                     raise InvalidReadRowsStream("commit_row in the middle of a split value")
-                committed = True
-    if started and not committed:
+                yield current, found
+                last, current, found, family, qualifier = current, None, None, None, None
+    if current is not None:
         raise InvalidReadRowsStream("stream ended inside an uncommitted row")
-    return found
+
+
+def merge_row(responses: Iterable, row_key: bytes) -> bytes | None:
+    """The ``profile:payload`` value of row ``row_key`` in the ReadRows stream of a request for that one row.
+
+    :func:`merge_rows` for one key: ``None`` when the stream holds no row or
+    the committed row has no such cell.
+    """
+    return dict(merge_rows(responses, (row_key,))).get(row_key)
 
 
 def row_request(table_name: str, app_profile_id: str = ""):
-    """The ReadRows request of every read, less its row key: the newest ``profile:payload`` cell of one row."""
+    """The ReadRows request of every read, less its row keys and ``rows_limit``: the newest ``profile:payload`` cell."""
     from google.cloud.bigtable_v2.types import ReadRowsRequest
 
-    request = ReadRowsRequest.pb()(table_name=table_name, app_profile_id=app_profile_id, rows_limit=1)
+    request = ReadRowsRequest.pb()(table_name=table_name, app_profile_id=app_profile_id)
     chain = request.filter.chain.filters
     chain.add(family_name_regex_filter=FAMILY)
     chain.add(column_qualifier_regex_filter=QUALIFIER)
@@ -223,7 +244,7 @@ def open_channel():
 
 
 class RowReader:
-    """Single-row ReadRows calls for one table over one channel (per process; never pickled)."""
+    """ReadRows calls for one table over one channel, and the reads waiting for them (per process; never pickled)."""
 
     def __init__(self, table_name: str, channel):
         from google.cloud.bigtable_v2.types import ReadRowsResponse
@@ -232,6 +253,7 @@ class RowReader:
         self.created = time.monotonic()
         self.refresh_share = random.uniform(35 / 45, 1.0)  # of CHANNEL_REFRESH_S
         self.replacing = False  # a replacement is being connected
+        self.batches = Batches()  # the coalescing state of the reads on this channel
         self._template = row_request(table_name)
         self._metadata = routing_metadata(table_name)
         self._call = channel.unary_stream(
@@ -240,20 +262,164 @@ class RowReader:
             response_deserializer=ReadRowsResponse.pb().FromString,
         )
 
-    def attempt(self, row_key: bytes, timeout_s: float) -> bytes | None:
-        """One ReadRows call; gRPC errors propagate as ``grpc.RpcError``."""
+    def read(self, row_keys: list[bytes], timeout_s: float) -> Iterator[tuple[bytes, bytes | None]]:
+        """One ReadRows call for distinct ``row_keys``: the rows of :func:`merge_rows` as they arrive.
+
+        gRPC errors propagate as ``grpc.RpcError``.
+        """
         request = type(self._template)()
         request.CopyFrom(self._template)
-        request.rows.row_keys.append(row_key)
+        request.rows.row_keys.extend(row_keys)
+        request.rows_limit = len(row_keys)
         call = self._call(request, timeout=timeout_s, metadata=self._metadata)
         try:
-            return merge_row(call, row_key)
+            yield from merge_rows(call, row_keys)
         except InvalidReadRowsStream:
             call.cancel()  # do not leave the rest of a broken stream pending until its deadline
             raise
 
+    def attempt(self, row_key: bytes, timeout_s: float) -> bytes | None:
+        """One ReadRows call for one row (the refresh's connecting read); gRPC errors propagate."""
+        return dict(self.read([row_key], timeout_s)).get(row_key)
+
     def close(self) -> None:
         self.channel.close()
+
+
+# --------------------------------------------------------------------------- coalescing concurrent reads
+
+#: ReadRows calls in flight at once per channel (process); see :class:`Batches`.
+MAX_IN_FLIGHT = 2
+#: Distinct row keys in one ReadRows call at most.
+MAX_BATCH_KEYS = 32
+
+
+class Slot:
+    """One distinct row key wanted by one or more waiting reads, and its answer once known."""
+
+    __slots__ = ("key", "waiting", "sent", "done", "payload", "error", "retried", "wake")
+
+    def __init__(self, key: bytes, lock):
+        self.key = key
+        self.waiting = 0  # reads still waiting for this key
+        self.sent = False  # part of a call in flight
+        self.done = False
+        self.payload = None
+        self.error = None  # a grpc.RpcError or InvalidReadRowsStream that answers every read of the key
+        self.retried = None  # the last transient error of a call that carried the key
+        self.wake = threading.Condition(lock)
+
+
+class Batches:
+    """Group commit of concurrent reads on one channel (SPEC §3.7).
+
+    A read whose key is not wanted yet gets a :class:`Slot`; a read of a key
+    already wanted (waiting or in a call in flight) shares that slot's answer.
+    A read whose slot is not in a call and that finds fewer than
+    :data:`MAX_IN_FLIGHT` calls in flight leads at once: it sends its own key
+    plus up to :data:`MAX_BATCH_KEYS` - 1 other waiting keys (oldest first) in
+    one ReadRows call from its own thread, so a lone read has no added latency
+    and there are no timers or helper threads. Otherwise it waits on its slot,
+    until its deadline at most: when a call ends, its keys are answered and one
+    waiting read is woken to lead the next batch.
+
+    Why two calls in flight and not one: with one, every read that arrives
+    during a slow call (a tail latency, a leader's retry pause, a stalled
+    leader waiting out its deadline) waits for that call to end; with two, a
+    waiting read is sent as soon as either call ends, so one slow call holds
+    up only the reads it carries, while calls still carry several keys each
+    under load (8 threads reading the emulator: ~2.4 reads a call with two,
+    ~3.6 with one; ``python -m bench.profile_reads``). More would split
+    batches further for little latency gain on one HTTP/2 connection.
+
+    Deadlines never depend on the batch: the leader's call runs with the
+    leader's own deadline and every other read waits only until its own; keys
+    a timed-out call did not answer go back to the queue, ahead of newer ones,
+    for a read that still has time.
+
+    Counters ``reads`` and ``calls`` (ReadRows calls sent, retries included)
+    are for tests and benchmarks. The lock is per instance and an instance
+    belongs to one :class:`RowReader`, itself per process, so a fork never
+    inherits a held lock or a call in flight.
+    """
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.slots: dict[bytes, Slot] = {}  # every key not answered yet, waiting or in a call
+        self.queue: dict[bytes, Slot] = {}  # the keys waiting for a call, oldest first
+        self.in_flight = 0
+        self.reads = 0
+        self.calls = 0
+
+    def join(self, key: bytes) -> Slot:
+        """The slot of ``key`` with one more waiting read (caller holds ``lock``)."""
+        slot = self.slots.get(key)
+        if slot is None:
+            slot = self.slots[key] = self.queue[key] = Slot(key, self.lock)
+        slot.waiting += 1
+        self.reads += 1
+        return slot
+
+    def take(self, slot: Slot) -> list[Slot]:
+        """Start a call led by ``slot``'s read: its key and the oldest other waiting keys (caller holds ``lock``)."""
+        del self.queue[slot.key]
+        batch = [slot]
+        for other in islice(self.queue.values(), MAX_BATCH_KEYS - 1):
+            batch.append(other)
+        for other in batch:
+            other.sent = True
+            if other is not slot:
+                del self.queue[other.key]
+        self.in_flight += 1
+        self.calls += 1
+        return batch
+
+    def answer(self, slot: Slot, payload: bytes | None = None, error=None) -> None:
+        """Settle ``slot`` for every read waiting on it (caller holds ``lock``)."""
+        slot.done, slot.payload, slot.error = True, payload, error
+        self.forget(slot)
+        slot.wake.notify_all()
+
+    def give_up(self, slot: Slot) -> None:
+        """One read of ``slot`` leaves at its deadline; the last one takes the key off the queue (caller holds ``lock``)."""
+        slot.waiting -= 1
+        if slot.waiting == 0 and not slot.sent:
+            self.forget(slot)
+        self.promote()
+
+    def forget(self, slot: Slot) -> None:
+        """Drop ``slot`` from the wanted keys (a newer slot of the same key stays; caller holds ``lock``)."""
+        if self.slots.get(slot.key) is slot:
+            del self.slots[slot.key]
+        if self.queue.get(slot.key) is slot:
+            del self.queue[slot.key]
+
+    def requeue(self, batch: list[Slot]) -> None:
+        """Unanswered keys of an ended call wait again, ahead of newer ones, if a read still waits for them."""
+        back = {}
+        for slot in batch:
+            slot.sent = False
+            if slot.done:
+                continue
+            if slot.waiting > 0 and self.slots.get(slot.key) is slot:
+                back[slot.key] = slot
+            else:
+                self.forget(slot)
+        if back:
+            back.update(self.queue)
+            self.queue = back
+
+    def end(self) -> None:
+        """A call ended (caller holds ``lock``): wake one waiting read to lead the next batch."""
+        self.in_flight -= 1
+        self.promote()
+
+    def promote(self) -> None:
+        if self.queue and self.in_flight < MAX_IN_FLIGHT:
+            for slot in self.queue.values():
+                if slot.waiting > 0:
+                    slot.wake.notify()
+                    return
 
 
 def _retryable(exc) -> bool:
@@ -390,30 +556,109 @@ class BigtableProfileStore:
         return True
 
     def _read_row(self, row_key: bytes, timeout_s: float) -> bytes | None:
-        """The payload of ``row_key``; one deadline for the reader's construction, every attempt and pause."""
-        import grpc
-        from google.api_core.exceptions import from_grpc_error
+        """The payload of ``row_key``; one deadline for the reader's construction, the wait for a batch,
+        every attempt and pause.
 
+        Concurrent reads in this process share ReadRows calls (:class:`Batches`).
+        """
         deadline = time.monotonic() + timeout_s
         reader = self._row_reader(timeout_s)
-        backoff, retried = BACKOFF_FIRST_S, None  # retried: the last transient error
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise self._timeout(timeout_s, retried) from retried
-            try:
-                return reader.attempt(row_key, left)
-            except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise self._timeout(timeout_s, retried) from exc
-                if not _retryable(exc):
-                    raise from_grpc_error(exc) from exc
-                retried = exc
-            pause = random.uniform(0.0, backoff)  # full jitter: workers hit by one outage spread out
-            if time.monotonic() + pause >= deadline:
-                raise self._timeout(timeout_s, retried) from retried
-            time.sleep(pause)
-            backoff = min(2 * backoff, BACKOFF_MAX_S)
+        batches = reader.batches
+        with batches.lock:
+            slot = batches.join(row_key)
+            while not slot.done:
+                if not slot.sent and batches.in_flight < MAX_IN_FLIGHT:
+                    batch = batches.take(slot)
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    batches.give_up(slot)
+                    raise self._timeout(timeout_s, slot.retried) from slot.retried
+                slot.wake.wait(left)
+            else:
+                return self._answer(slot, timeout_s)
+        self._lead(reader, batch, deadline, timeout_s)
+        return self._answer(slot, timeout_s)
+
+    def _lead(self, reader: RowReader, batch: list[Slot], deadline: float, timeout_s: float) -> None:
+        """Send ``batch`` (led by ``batch[0]``) until answered, retrying transient errors inside the
+        leader's deadline; each retry carries only the keys still waited for. Settles the slots it
+        answers (a key not in a successful stream is absent) and puts the others back in the queue.
+        """
+        import grpc
+
+        batches, own = reader.batches, batch[0]
+        backoff, retrying = BACKOFF_FIRST_S, False  # the first call is counted by take
+        keys = [slot.key for slot in batch]
+        by_key = {slot.key: slot for slot in batch}
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                if retrying:
+                    with batches.lock:
+                        batches.calls += 1
+                retrying = True
+                rows = {}
+                try:
+                    for key, payload in reader.read(keys, left):
+                        rows[key] = payload
+                except grpc.RpcError as exc:
+                    code = exc.code()
+                    with batches.lock:
+                        for key, payload in rows.items():
+                            batches.answer(by_key.pop(key), payload)
+                        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                            return  # the leader's deadline: the others wait for another call
+                        if not _retryable(exc):
+                            for slot in by_key.values():
+                                batches.answer(slot, error=exc)
+                            return
+                        for key in list(by_key):  # the retry carries only the keys still waited for
+                            slot = by_key[key]
+                            slot.retried = exc
+                            if slot.waiting == 0:
+                                del by_key[key]
+                                batches.forget(slot)
+                    keys = list(by_key)
+                except InvalidReadRowsStream as exc:
+                    with batches.lock:
+                        for key, payload in rows.items():
+                            batches.answer(by_key.pop(key), payload)
+                        for slot in by_key.values():
+                            batches.answer(slot, error=exc)
+                    return
+                else:
+                    with batches.lock:
+                        for key, slot in by_key.items():
+                            batches.answer(slot, rows.get(key))
+                    return
+                pause = random.uniform(0.0, backoff)  # full jitter: workers hit by one outage spread out
+                if own.key not in by_key or time.monotonic() + pause >= deadline:
+                    return
+                time.sleep(pause)
+                backoff = min(2 * backoff, BACKOFF_MAX_S)
+        finally:
+            with batches.lock:
+                batches.requeue(batch)
+                own.waiting -= 1
+                if own.waiting == 0:
+                    batches.forget(own)
+                batches.end()
+
+    def _answer(self, slot: Slot, timeout_s: float) -> bytes | None:
+        """The answer of one read of ``slot`` once its slot is settled or its leader's part is over."""
+        if slot.done:
+            error = slot.error
+            if error is None:
+                return slot.payload
+            if isinstance(error, InvalidReadRowsStream):
+                raise InvalidReadRowsStream(*error.args)
+            from google.api_core.exceptions import from_grpc_error
+
+            raise from_grpc_error(error) from error
+        raise self._timeout(timeout_s, slot.retried) from slot.retried
 
     def _timeout(self, timeout_s: float, retried) -> ProfileTimeout:
         cause = f" (after {retried.code().name}: {retried.details()})" if retried is not None else ""

@@ -20,6 +20,7 @@ from taar.storage.bigtable_profiles import (
     BigtableProfileStore,
     InvalidReadRowsStream,
     merge_row,
+    merge_rows,
     routing_metadata,
     row_request,
 )
@@ -124,7 +125,7 @@ def test_empty_payload_is_found_not_missing():
         (stream([cell(b"ab", size=3), chunk(b"c", key=b"b" * 64, commit=True)]), "other than"),
         (stream([cell(b"v")]), "uncommitted"),  # no commit_row: a truncated row is not "not found"
         (stream([cell(b"ab", size=3)]), "uncommitted"),  # stream ends inside a split value
-        (stream([cell(b"v", commit=True)], [cell(b"w", commit=True)]), "after the committed row"),
+        (stream([cell(b"v", commit=True)], [cell(b"w", commit=True)]), "out of key order or repeated"),
         (stream([cell(b"ab", size=3, commit=True)]), "middle of a split value"),
         (stream([cell(b"ab", size=3), chunk(b"c", qualifier=b"other", commit=True)]), "changed in the middle"),
         (stream([chunk(b"v", family="profile", qualifier=b"payload", commit=True)]), "no row key"),
@@ -151,8 +152,8 @@ def test_request_asks_for_the_newest_payload_cell_of_one_row():
 
     request = row_request("projects/p/instances/i/tables/t")
     assert request.table_name == "projects/p/instances/i/tables/t"
-    assert request.rows_limit == 1
-    assert list(request.rows.row_keys) == []  # the reader adds the key per read
+    assert request.rows_limit == 0
+    assert list(request.rows.row_keys) == []  # the reader adds the keys and their count per call
     # the same filter the official data client builds from its row_filters helpers
     official = row_filters.RowFilterChain([
         row_filters.FamilyNameRegexFilter("profile"),
@@ -179,8 +180,10 @@ def test_routing_header_is_the_official_clients():
 class ScriptedBigtable:
     """A real gRPC server on loopback that answers ReadRows from a script (one entry per call).
 
-    An entry is a list of ReadRowsResponse messages to stream, or a
-    ``(grpc.StatusCode, details)`` pair to fail the call with. It records each
+    An entry is a list of ReadRowsResponse messages to stream, a
+    ``(grpc.StatusCode, details)`` pair to fail the call with, or a function of
+    the request returning one of those (run in the server's thread, so it may
+    wait). It records each
     call's request and metadata. For what the emulator never does: split values,
     transient errors.
     """
@@ -189,7 +192,7 @@ class ScriptedBigtable:
         self.script = list(script)
         self.calls = []
         self.port = free_port()
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         handler = grpc.unary_stream_rpc_method_handler(
             self._read_rows,
             request_deserializer=ReadRowsRequest.pb().FromString,
@@ -203,6 +206,8 @@ class ScriptedBigtable:
     def _read_rows(self, request, context):
         self.calls.append((request, dict(context.invocation_metadata())))
         step = self.script.pop(0) if self.script else []
+        if callable(step):
+            step = step(request)
         if isinstance(step, tuple):
             context.abort(*step)
         yield from step
@@ -451,3 +456,245 @@ def test_production_channel_is_built_from_application_default_credentials(tmp_pa
         assert isinstance(channel, grpc.Channel)
     finally:
         channel.close()
+
+
+# --------------------------------------------------------------------------- several rows in one stream (unit)
+
+K1, K2, K3 = b"1" * 64, b"2" * 64, b"3" * 64
+
+
+def row(key, value, **kw):
+    """The one-chunk committed row ``key`` with ``profile:payload`` = ``value``."""
+    return chunk(value, key=key, family="profile", qualifier=b"payload", ts=1_000, commit=True, **kw)
+
+
+@pytest.mark.unit
+def test_several_rows_in_key_order_with_split_values_and_a_reset():
+    responses = stream(
+        [row(K1, b"one")],
+        # K2: half a row, reset, then the row again with its value split "t" + "wo" (value_size 3)
+        [chunk(b"x", key=K2, family="profile", qualifier=b"payload", size=5), chunk(reset=True)],
+        [chunk(b"t", key=K2, family="profile", qualifier=b"payload", size=3), chunk(b"wo", commit=True),
+         # K3: another cell first, then the payload cell, in two responses
+         chunk(b"o", key=K3, family="other", qualifier=b"payload")],
+        [chunk(b"three", family="profile", qualifier=b"payload", commit=True)],
+    )
+    assert list(merge_rows(responses, {K1, K2, K3})) == [(K1, b"one"), (K2, b"two"), (K3, b"three")]
+
+
+@pytest.mark.unit
+def test_absent_rows_are_not_yielded_and_a_row_without_the_cell_is_none():
+    # K1 absent, K2 committed without profile:payload, K3 found
+    responses = stream([chunk(b"v", key=K2, family="profile", qualifier=b"other", commit=True), row(K3, b"3")])
+    assert list(merge_rows(responses, [K1, K2, K3])) == [(K2, None), (K3, b"3")]
+
+
+@pytest.mark.unit
+def test_rows_before_a_broken_part_of_the_stream_are_yielded():
+    rows = merge_rows(stream([row(K1, b"1")], [chunk(b"v", key=K2, family="profile", qualifier=b"payload")]),
+                      [K1, K2])
+    assert next(rows) == (K1, b"1")
+    with pytest.raises(InvalidReadRowsStream, match="uncommitted"):
+        next(rows)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "responses, message",
+    [
+        (stream([row(K2, b"2"), row(K1, b"1")]), "out of key order"),
+        (stream([row(K1, b"1"), row(K1, b"1")]), "out of key order or repeated"),
+        (stream([row(K1, b"1"), row(b"4" * 64, b"4")]), "other than the ones requested"),
+        (stream([chunk(b"a", key=K1, family="profile", qualifier=b"x"),
+                 chunk(b"b", key=K2, family="profile", qualifier=b"payload", commit=True)]), "changed inside a row"),
+        (stream([row(K1, b"1"), chunk(b"v", family="profile", qualifier=b"payload", commit=True)]), "no row key"),
+        (stream([row(K1, b"1"), chunk(b"v", key=K2, commit=True)]), "without a family"),  # family does not carry over
+        (stream([row(K1, b"1"), chunk(reset=True)]), "outside a row"),
+    ],
+    ids=["descending", "repeated", "not-requested", "key-changes-in-row", "no-key", "family-of-previous-row",
+         "reset-after-commit"],
+)
+def test_multi_row_protocol_violations_raise(responses, message):
+    with pytest.raises(InvalidReadRowsStream, match=message):
+        list(merge_rows(responses, [K1, K2, K3]))
+
+
+# --------------------------------------------------------------------------- coalesced reads
+
+
+def read_in_thread(store, key, timeout_s, results):
+    """Start a thread doing ``store.get(key, timeout_s)``; its outcome lands in ``results[name]``."""
+    def run():
+        started = time.monotonic()
+        try:
+            outcome = store.get(key, timeout_s)
+        except Exception as exc:
+            outcome = exc
+        results[thread.name] = (outcome, time.monotonic() - started)
+
+    thread = threading.Thread(target=run, name=f"read-{len(results)}-{uuid.uuid4().hex[:6]}")
+    thread.start()
+    return thread
+
+
+def blocked_until(gate, step):
+    """A script step answered only once ``gate`` is set."""
+    def answer(request):
+        assert gate.wait(10)
+        return step
+    return answer
+
+
+def occupy_every_call(store, server, gate, results):
+    """Reads whose calls hang on ``gate``: every call slot of the store is taken once this returns."""
+    from taar.storage.bigtable_profiles import MAX_IN_FLIGHT
+
+    assert store.warm(5)  # the channel exists, one scripted call used
+    threads = []
+    for n in range(MAX_IN_FLIGHT):
+        threads.append(read_in_thread(store, b"0" * 63 + str(n).encode(), 10, results))
+        wait_until(lambda n=n: len(server.calls) == n + 2)  # warm + this one
+    assert store._reader.batches.in_flight == MAX_IN_FLIGHT
+    return threads
+
+
+@pytest.mark.integration
+def test_concurrent_reads_share_one_call_and_duplicates_share_one_answer(scripted):
+    from taar.storage.bigtable_profiles import MAX_IN_FLIGHT
+
+    gate = threading.Event()
+    occupied = [blocked_until(gate, []) for _ in range(MAX_IN_FLIGHT)]
+    # the batch after them: K1 and K3 found, K2 and the 4th key missing
+    server, store = scripted([], *occupied, stream([row(K1, b"one"), row(K3, b"three")]))
+    results = {}
+    threads = occupy_every_call(store, server, gate, results)
+    batches = store._reader.batches
+    wanted = [K1, K2, K1, K3, b"4" * 64]  # K1 twice
+    readers = []
+    for n, key in enumerate(wanted):
+        readers.append(read_in_thread(store, key, 10, results))
+        wait_until(lambda n=n: sum(slot.waiting for slot in batches.queue.values()) == n + 1)
+    assert len(batches.queue) == 4  # distinct keys
+    calls_before = batches.calls
+    gate.set()
+    for thread in threads + readers:
+        thread.join(10)
+    answers = [results[thread.name][0] for thread in readers]
+    assert answers == [b"one", None, b"one", b"three", None]
+    assert batches.calls == calls_before + 1  # five reads, one call
+    request = server.calls[-1][0]
+    assert sorted(request.rows.row_keys) == [K1, K2, K3, b"4" * 64] and request.rows_limit == 4
+    store.close()
+
+
+@pytest.mark.integration
+def test_a_retried_batch_carries_only_the_reads_still_waiting(scripted):
+    from taar.storage.bigtable_profiles import MAX_IN_FLIGHT
+
+    gate = threading.Event()
+    occupied = [blocked_until(gate, []) for _ in range(MAX_IN_FLIGHT)]
+    results, state = {}, {}
+
+    def fail_once_k2_gave_up(request):
+        # the batch {K1, K2} fails with a transient error only after K2's reader left at its deadline
+        wait_until(lambda: state["k2"].waiting == 0)
+        return (grpc.StatusCode.UNAVAILABLE, "try again")
+
+    server, store = scripted([], *occupied, fail_once_k2_gave_up, stream([row(K1, b"one")]))
+    threads = occupy_every_call(store, server, gate, results)
+    batches = store._reader.batches
+    leader = read_in_thread(store, K1, 10, results)  # oldest in the queue: leads the batch
+    wait_until(lambda: K1 in batches.queue)
+    short = read_in_thread(store, K2, 0.3, results)
+    wait_until(lambda: K2 in batches.queue)
+    state["k2"] = batches.queue[K2]
+    gate.set()
+    for thread in [*threads, leader, short]:
+        thread.join(10)
+    assert results[leader.name][0] == b"one"
+    outcome, elapsed = results[short.name]
+    assert isinstance(outcome, ProfileTimeout) and "300 ms deadline" in str(outcome)
+    assert elapsed < 0.3 + RETURNED_WITHIN_S
+    batch, retry = server.calls[-2][0], server.calls[-1][0]
+    assert sorted(batch.rows.row_keys) == [K1, K2]
+    assert list(retry.rows.row_keys) == [K1] and retry.rows_limit == 1
+    assert not batches.slots and not batches.queue and batches.in_flight == 0  # nothing left behind
+    store.close()
+
+
+@pytest.mark.integration
+def test_many_threads_get_exactly_their_own_payloads_from_the_emulator(emulator_store):
+    import random
+
+    found = {f"{i:064x}".encode(): f"payload-{i}".encode() for i in range(40)}
+    missing = [f"{i:064x}".encode() for i in range(1000, 1010)]
+    emulator_store.put_many(found.items(), ts_ms=1_700_000_000_000)
+    keys = [*found, *missing]
+    one_at_a_time = {key: emulator_store.get(key, 5) for key in keys}
+    assert one_at_a_time == {**found, **dict.fromkeys(missing)}  # written payloads; None for the rest
+    batches = emulator_store._reader.batches
+    reads0, calls0 = batches.reads, batches.calls
+    wrong, errors = [], []
+
+    def read_all(seed):
+        order = keys * 3
+        random.Random(seed).shuffle(order)
+        try:
+            for key in order:
+                if emulator_store.get(key, 5) != one_at_a_time[key]:
+                    wrong.append(key)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read_all, args=(seed,)) for seed in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and wrong == []
+    reads, calls = batches.reads - reads0, batches.calls - calls0
+    assert reads == 16 * 50 * 3
+    assert calls < reads  # coalesced: 16 threads share calls
+    assert not batches.slots and not batches.queue and batches.in_flight == 0
+
+
+@pytest.mark.integration
+def test_frozen_emulator_every_concurrent_read_times_out_by_its_own_deadline(cbtemulator_path, monkeypatch):
+    with BigtableEmulator(cbtemulator_path) as emulator:
+        monkeypatch.setenv("BIGTABLE_EMULATOR_HOST", emulator.host)
+        store = BigtableProfileStore("test-project", "test-instance", "frozen")
+        store.ensure_table()
+        store.put_many([(KEY, b"v")], ts_ms=1_700_000_000_000)
+        assert store.warm(5) is True
+        emulator.freeze()
+        results = {}
+        try:
+            # deadlines 150, 200, ... 500 ms; keys found, missing and shared
+            deadlines = [0.15 + 0.05 * n for n in range(8)]
+            threads = [read_in_thread(store, KEY if n % 3 else f"{n:064x}".encode(), deadline, results)
+                       for n, deadline in enumerate(deadlines)]
+            for thread in threads:
+                thread.join(10)
+        finally:
+            emulator.thaw()
+        for thread, deadline in zip(threads, deadlines, strict=True):
+            outcome, elapsed = results[thread.name]
+            assert isinstance(outcome, ProfileTimeout), outcome
+            assert f"{deadline * 1000:.0f} ms deadline" in str(outcome)
+            assert elapsed < deadline + RETURNED_WITHIN_S
+        assert store.get(KEY, 5) == b"v"  # the queue drained: the same channel works again
+        batches = store._reader.batches
+        assert not batches.slots and not batches.queue and batches.in_flight == 0
+        store.close()
+
+
+@pytest.mark.integration
+def test_store_pickles_without_its_reader_after_coalesced_reads(emulator_store):
+    import pickle
+
+    emulator_store.put_many([(KEY, b"v")], ts_ms=1_700_000_000_000)
+    assert emulator_store.get(KEY, 5) == b"v"
+    copy = pickle.loads(pickle.dumps(emulator_store))
+    assert copy._reader is None and copy.uri == emulator_store.uri
+    assert copy.get(KEY, 5) == b"v"
+    copy.close()
