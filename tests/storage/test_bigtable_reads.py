@@ -352,14 +352,20 @@ def test_child_of_a_fork_reads_on_its_own_channel(emulator_store):
     assert emulator_store.get(KEY, timeout_s=5) == b"v1"  # and the parent's still works
 
 
+def _warm_store_with_key(emulator, monkeypatch, table: str) -> BigtableProfileStore:
+    """A store on ``emulator`` whose ``table`` holds KEY, connected (warmed) before the test freezes it."""
+    monkeypatch.setenv("BIGTABLE_EMULATOR_HOST", emulator.host)
+    store = BigtableProfileStore("test-project", "test-instance", table)
+    store.ensure_table()
+    store.put_many([(KEY, b"v")], ts_ms=1_700_000_000_000)
+    assert store.warm(5) is True
+    return store
+
+
 @pytest.mark.integration
 def test_frozen_emulator_times_out_within_the_deadline(cbtemulator_path, monkeypatch):
     with BigtableEmulator(cbtemulator_path) as emulator:
-        monkeypatch.setenv("BIGTABLE_EMULATOR_HOST", emulator.host)
-        store = BigtableProfileStore("test-project", "test-instance", "frozen")
-        store.ensure_table()
-        store.put_many([(KEY, b"v")], ts_ms=1_700_000_000_000)
-        assert store.warm(5) is True
+        store = _warm_store_with_key(emulator, monkeypatch, "frozen")
         emulator.freeze()
         try:
             started = time.monotonic()
@@ -661,11 +667,7 @@ def test_many_threads_get_exactly_their_own_payloads_from_the_emulator(emulator_
 @pytest.mark.integration
 def test_frozen_emulator_every_concurrent_read_times_out_by_its_own_deadline(cbtemulator_path, monkeypatch):
     with BigtableEmulator(cbtemulator_path) as emulator:
-        monkeypatch.setenv("BIGTABLE_EMULATOR_HOST", emulator.host)
-        store = BigtableProfileStore("test-project", "test-instance", "frozen")
-        store.ensure_table()
-        store.put_many([(KEY, b"v")], ts_ms=1_700_000_000_000)
-        assert store.warm(5) is True
+        store = _warm_store_with_key(emulator, monkeypatch, "frozen")
         emulator.freeze()
         results = {}
         try:

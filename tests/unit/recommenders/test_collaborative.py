@@ -96,17 +96,23 @@ def test_bad_limit_names_the_argument(rec):
         rec.recommend(toy.profile(), -1)
 
 
+def _coarse_recommender(rng, seed: int, scale: float = 1.0):
+    """30 GUIDs with coarse integer factors (many equal scores: the GUID tie-break decides at a cut);
+    some rows are not webextensions (never candidates), and on odd seeds every row is eligible."""
+    guids = [f"g{i:02d}@x" for i in range(30)]
+    rows = [{"id": item_id(g), "features": (rng.integers(-2, 3, size=2) * scale).astype(float).tolist()}
+            for g in guids]
+    mapping = {str(item_id(g)): {"id": g, "isWebextension": bool(seed % 2 or i % 4)} for i, g in enumerate(guids)}
+    return CollaborativeRecommender().fit(item_matrix=rows, addon_mapping=mapping), guids
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_fast_rows_equal_ranking_every_eligible_row(seed):
     """recommend_rows (top limit + installed, then drop installed) equals the readable reference."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    guids = [f"g{i:02d}@x" for i in range(30)]
-    rows = [{"id": item_id(g), "features": rng.integers(-2, 3, size=2).astype(float).tolist()} for g in guids]
-    # some rows are not webextensions (never candidates), on some seeds every row is eligible
-    mapping = {str(item_id(g)): {"id": g, "isWebextension": bool(seed % 2 or i % 4)} for i, g in enumerate(guids)}
-    rec = CollaborativeRecommender().fit(item_matrix=rows, addon_mapping=mapping)
+    rec, guids = _coarse_recommender(rng, seed)
     for _ in range(30):
         installed = rng.choice(guids + ["unknown@x"], size=int(rng.integers(1, 8)), replace=False).tolist()
         profile = toy.profile(installed_addons=installed)
@@ -126,11 +132,7 @@ def test_candidate_rows_are_the_reference_rows_on_both_paths(seed, scale):
     import numpy as np
 
     rng = np.random.default_rng(40 + seed)
-    guids = [f"g{i:02d}@x" for i in range(30)]
-    # coarse integer factors: many equal scores, so the GUID tie-break decides at the cut
-    rows = [{"id": item_id(g), "features": (rng.integers(-2, 3, size=2) * scale).tolist()} for g in guids]
-    mapping = {str(item_id(g)): {"id": g, "isWebextension": bool(seed % 2 or i % 4)} for i, g in enumerate(guids)}
-    rec = CollaborativeRecommender().fit(item_matrix=rows, addon_mapping=mapping)
+    rec, guids = _coarse_recommender(rng, seed, scale)
     assert (rec.score_bound_ < FINITE_SCORES) == (scale == 1.0)
     for _ in range(30):
         installed = rng.choice(guids + ["unknown@x"], size=int(rng.integers(1, 8)), replace=False).tolist()
