@@ -106,6 +106,16 @@ def _coarse_recommender(rng, seed: int, scale: float = 1.0):
     return CollaborativeRecommender().fit(item_matrix=rows, addon_mapping=mapping), guids
 
 
+def _random_requests(rng, guids, n_profiles: int = 30):
+    """``(profile, limit)``: profiles with 1-7 installed add-ons (an unknown one sometimes), each at
+    limits 0, 1, 3, 10 and 40."""
+    for _ in range(n_profiles):
+        installed = rng.choice(guids + ["unknown@x"], size=int(rng.integers(1, 8)), replace=False).tolist()
+        profile = toy.profile(installed_addons=installed)
+        for limit in (0, 1, 3, 10, 40):
+            yield profile, limit
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_fast_rows_equal_ranking_every_eligible_row(seed):
     """recommend_rows (top limit + installed, then drop installed) equals the readable reference."""
@@ -113,14 +123,11 @@ def test_fast_rows_equal_ranking_every_eligible_row(seed):
 
     rng = np.random.default_rng(seed)
     rec, guids = _coarse_recommender(rng, seed)
-    for _ in range(30):
-        installed = rng.choice(guids + ["unknown@x"], size=int(rng.integers(1, 8)), replace=False).tolist()
-        profile = toy.profile(installed_addons=installed)
-        for limit in (0, 1, 3, 10, 40):
-            best, scores = rec.recommend_rows(profile, limit)
-            ref_best, ref_scores = rec.reference_rows(profile, limit)
-            assert best.tolist() == ref_best.tolist()
-            assert scores.tolist() == ref_scores.tolist()
+    for profile, limit in _random_requests(rng, guids):
+        best, scores = rec.recommend_rows(profile, limit)
+        ref_best, ref_scores = rec.reference_rows(profile, limit)
+        assert best.tolist() == ref_best.tolist()
+        assert scores.tolist() == ref_scores.tolist()
 
 
 @pytest.mark.parametrize("scale", [1.0, 1e150])
@@ -134,14 +141,11 @@ def test_candidate_rows_are_the_reference_rows_on_both_paths(seed, scale):
     rng = np.random.default_rng(40 + seed)
     rec, guids = _coarse_recommender(rng, seed, scale)
     assert (rec.score_bound_ < FINITE_SCORES) == (scale == 1.0)
-    for _ in range(30):
-        installed = rng.choice(guids + ["unknown@x"], size=int(rng.integers(1, 8)), replace=False).tolist()
-        profile = toy.profile(installed_addons=installed)
-        for limit in (0, 1, 3, 10, 40):
-            got_rows, got_scores = rec.candidate_rows(profile, limit)
-            ref_rows, ref_scores = rec.reference_rows(profile, limit)
-            assert sorted(zip(got_rows.tolist(), got_scores.tolist(), strict=True)) == sorted(
-                zip(ref_rows.tolist(), ref_scores.tolist(), strict=True))
+    for profile, limit in _random_requests(rng, guids):
+        got_rows, got_scores = rec.candidate_rows(profile, limit)
+        ref_rows, ref_scores = rec.reference_rows(profile, limit)
+        assert sorted(zip(got_rows.tolist(), got_scores.tolist(), strict=True)) == sorted(
+            zip(ref_rows.tolist(), ref_scores.tolist(), strict=True))
 
 
 def test_score_bound_is_factors_times_the_largest_factor_squared(rec):
