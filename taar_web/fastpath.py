@@ -62,7 +62,7 @@ class PerUserFastPath:
         self.wsgi_app = wsgi_app
 
     def _takes(self, environ):
-        """``(client, query values)`` when this request is the fast path's, else None."""
+        """``(client, locale, platform, explain)`` when this request is the fast path's, else None."""
         if environ.get("REQUEST_METHOD") != "GET" or self.app.debug or self.app.json.compact is False:
             return None
         match = _PATH.fullmatch(environ.get("PATH_INFO", ""))
@@ -76,21 +76,20 @@ class PerUserFastPath:
         except ApiError:
             return None
         values = _first_values(query)
-        if parse_locale(values.get("locale"))[1]:
+        locale, rejected = parse_locale(values.get("locale"))
+        if rejected:
             return None
-        return client, values
+        return client, locale, values.get("platform"), parse_flag(values.get("explain"))
 
     def __call__(self, environ, start_response):
         taken = self._takes(environ)
         if taken is None:
             return self.wsgi_app(environ, start_response)
-        client, values = taken
+        client, locale, platform, explain = taken
         opened = open_request(environ.get(_REQUEST_ID_KEY), ROUTE)
         try:
             try:
-                svc = self.app.extensions[services.EXTENSION]
-                body = answer(svc, client, [], parse_locale(values.get("locale"))[0], values.get("platform"),
-                              parse_flag(values.get("explain")))
+                body = answer(self.app.extensions[services.EXTENSION], client, [], locale, platform, explain)
                 status = 200
             except Exception:  # as Flask's handler of unexpected errors
                 logger.exception("unhandled error")
