@@ -212,25 +212,27 @@ class BatchingStatsdMetrics(BackendBase):
         prefix = self.prefix
         self._add([statsd_line(stat_type, prefix + key, value) for stat_type, key, value, _tags in items])
 
+    def _take(self) -> str:
+        """The buffered lines as one packet, leaving the buffer empty (the caller holds the lock)."""
+        packet = "\n".join(self._lines)
+        self._lines, self._size = [], -1
+        return packet
+
     def _add(self, lines) -> None:
         packets = []
         now = self.clock()
+        limit = self.maxudpsize
         with self._lock:
-            buffered, size, limit = self._lines, self._size, self.maxudpsize
-            if not buffered:
-                self._oldest = now
             for line in lines:
-                if buffered and size + 1 + len(line) > limit:
-                    packets.append("\n".join(buffered))
-                    buffered, size = [], -1
+                if self._lines and self._size + 1 + len(line) > limit:
+                    packets.append(self._take())
+                if not self._lines:
                     self._oldest = now
-                buffered.append(line)
-                size += 1 + len(line)
-            if now - self._oldest >= self.flush_interval_s:
-                packets.append("\n".join(buffered))
-                buffered, size = [], -1
-            self._lines, self._size = buffered, size
-            start_flusher = bool(buffered) and self._flusher_pid is None
+                self._lines.append(line)
+                self._size += 1 + len(line)
+            if self._lines and now - self._oldest >= self.flush_interval_s:
+                packets.append(self._take())
+            start_flusher = bool(self._lines) and self._flusher_pid is None
             if start_flusher:
                 self._flusher_pid = pid = os.getpid()
         for packet in packets:  # outside the lock: other threads keep buffering
@@ -253,8 +255,7 @@ class BatchingStatsdMetrics(BackendBase):
                 return False
             if not self._lines or self.clock() - self._oldest < older_than_s:
                 return True
-            packet = "\n".join(self._lines)
-            self._lines, self._size = [], -1
+            packet = self._take()
         self._send(packet)
         return True
 
