@@ -188,15 +188,6 @@ def merge_rows(responses: Iterable, row_keys) -> Iterator[tuple[bytes, bytes | N
         raise InvalidReadRowsStream("stream ended inside an uncommitted row")
 
 
-def merge_row(responses: Iterable, row_key: bytes) -> bytes | None:
-    """The ``profile:payload`` value of row ``row_key`` in the ReadRows stream of a request for that one row.
-
-    :func:`merge_rows` for one key: ``None`` when the stream holds no row or
-    the committed row has no such cell.
-    """
-    return dict(merge_rows(responses, (row_key,))).get(row_key)
-
-
 def row_request(table_name: str, app_profile_id: str = ""):
     """The ReadRows request of every read, less its row keys and ``rows_limit``: the newest ``profile:payload`` cell."""
     from google.cloud.bigtable_v2.types import ReadRowsRequest

@@ -19,7 +19,6 @@ from taar.storage import ProfileTimeout, open_profile_store
 from taar.storage.bigtable_profiles import (
     BigtableProfileStore,
     InvalidReadRowsStream,
-    merge_row,
     merge_rows,
     routing_metadata,
     row_request,
@@ -30,6 +29,11 @@ Response = ReadRowsResponse.pb()
 KEY = b"a" * 64
 # A bound, not a latency target: "returned instead of hanging".
 RETURNED_WITHIN_S = 2.0
+
+
+def one_row(responses, row_key):
+    """The payload of ``row_key`` in the stream of a request for that one row (None when absent)."""
+    return dict(merge_rows(responses, (row_key,))).get(row_key)
 
 
 def chunk(value=b"", *, key=b"", family=None, qualifier=None, ts=0, size=0, commit=False, reset=False):
@@ -61,13 +65,13 @@ def cell(value, **kw):
 
 @pytest.mark.unit
 def test_one_chunk_row():
-    assert merge_row(stream([cell(b"xyz", commit=True)]), KEY) == b"xyz"
+    assert one_row(stream([cell(b"xyz", commit=True)]), KEY) == b"xyz"
 
 
 @pytest.mark.unit
 def test_empty_stream_is_a_missing_row():
-    assert merge_row([], KEY) is None
-    assert merge_row(stream([]), KEY) is None  # a response with no chunks (e.g. only stats)
+    assert one_row([], KEY) is None
+    assert one_row(stream([]), KEY) is None  # a response with no chunks (e.g. only stats)
 
 
 @pytest.mark.unit
@@ -77,7 +81,7 @@ def test_value_split_over_chunks_and_responses():
         [cell(b"ab", size=5), chunk(b"cd", size=5)],
         [chunk(b"e", commit=True)],
     )
-    assert merge_row(responses, KEY) == b"abcde"
+    assert one_row(responses, KEY) == b"abcde"
 
 
 @pytest.mark.unit
@@ -87,13 +91,13 @@ def test_reset_row_drops_what_came_before():
         [chunk(reset=True)],
         [cell(b"fresh", commit=True)],
     )
-    assert merge_row(responses, KEY) == b"fresh"
+    assert one_row(responses, KEY) == b"fresh"
 
 
 @pytest.mark.unit
 def test_reset_then_a_row_with_a_split_value():
     responses = stream([cell(b"old", commit=False)], [chunk(reset=True), cell(b"n", size=2), chunk(b"w", commit=True)])
-    assert merge_row(responses, KEY) == b"nw"
+    assert one_row(responses, KEY) == b"nw"
 
 
 @pytest.mark.unit
@@ -104,17 +108,17 @@ def test_other_cells_of_the_row_are_skipped():
         chunk(b"2", qualifier=b"x"),
         chunk(b"3", family="profile", qualifier=b"payload", commit=True),
     ])
-    assert merge_row(responses, KEY) == b"3"
+    assert one_row(responses, KEY) == b"3"
 
 
 @pytest.mark.unit
 def test_committed_row_without_the_payload_cell_is_none():
-    assert merge_row(stream([chunk(b"v", key=KEY, family="profile", qualifier=b"other", commit=True)]), KEY) is None
+    assert one_row(stream([chunk(b"v", key=KEY, family="profile", qualifier=b"other", commit=True)]), KEY) is None
 
 
 @pytest.mark.unit
 def test_empty_payload_is_found_not_missing():
-    assert merge_row(stream([cell(b"", commit=True)]), KEY) == b""
+    assert one_row(stream([cell(b"", commit=True)]), KEY) == b""
 
 
 @pytest.mark.unit
@@ -140,7 +144,7 @@ def test_empty_payload_is_found_not_missing():
 )
 def test_protocol_violations_raise(responses, message):
     with pytest.raises(InvalidReadRowsStream, match=message):
-        merge_row(responses, KEY)
+        one_row(responses, KEY)
 
 
 # --------------------------------------------------------------------------- the request (unit)
