@@ -22,6 +22,10 @@ read (a request's recommendation: about 500 in the service; default 0), two ways
 For each: client CPU (this process, ``time.process_time``), wall time and emulator
 CPU (``/proc/<pid>/stat``), all per read, and reads per ReadRows call. One run; the
 machine is shared, so compare the paths of one run, not runs with each other.
+
+``--rule-rounds N`` then compares the store's rule for a second call (only beside a
+call out for ``SLOW_CALL_S``) with "a second call at any time" (``SLOW_CALL_S`` = 0, the
+rule before it), N alternating rounds of the concurrent mode each.
 """
 
 from __future__ import annotations
@@ -111,6 +115,28 @@ def measure_threads(read, keys: list[bytes], reads: int, threads: int, emulator_
     return figures
 
 
+def compare_rules(store, keys: list[bytes], args, emulator_pid: int) -> dict[str, list[dict]]:
+    """The concurrent mode under each second-call rule, alternating, ``args.rule_rounds`` rounds each."""
+    from taar.storage import bigtable_profiles
+
+    rules = {f"second call after {bigtable_profiles.SLOW_CALL_S * 1000:g} ms": bigtable_profiles.SLOW_CALL_S,
+             "second call at any time": 0.0}
+    batches = store._reader.batches
+    rounds: dict[str, list[dict]] = {name: [] for name in rules}
+    try:
+        for _ in range(args.rule_rounds):
+            for name, slow_call_s in rules.items():
+                bigtable_profiles.SLOW_CALL_S = slow_call_s
+                reads0, calls0 = batches.reads, batches.calls
+                figures = measure_threads(lambda key: store.get(key, DEADLINE_S), keys, args.reads, args.threads,
+                                          emulator_pid, args.work_us / 1e6)
+                figures["reads_per_call"] = round((batches.reads - reads0) / (batches.calls - calls0), 2)
+                rounds[name].append(figures)
+    finally:
+        bigtable_profiles.SLOW_CALL_S = next(iter(rules.values()))
+    return rounds
+
+
 def official_reader(store):
     """``read(key)`` through the google-cloud-bigtable data client's ``read_row``, same filter."""
     from google.cloud.bigtable.data import BigtableDataClient, row_filters
@@ -138,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=8, help="threads of the concurrent mode (default 8)")
     parser.add_argument("--work-us", type=float, default=0.0,
                         help="Python work after each read in the concurrent mode, microseconds (default 0)")
+    parser.add_argument("--rule-rounds", type=int, default=0,
+                        help="alternating rounds comparing the second-call rules (default 0: none)")
     args = parser.parse_args(argv)
     if args.reads < 1 or args.rows < 1 or args.threads < 1 or args.work_us < 0:
         parser.error("--reads, --rows and --threads must be >= 1, --work-us >= 0")
@@ -177,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             args.work_us / 1e6,
         )
         results[single]["reads_per_call"] = 1.0
+        rules = compare_rules(store, keys, args, emulator.proc.pid) if args.rule_rounds else {}
         store.close()
 
     payload_bytes = sum(map(len, payloads)) / len(payloads)
@@ -191,9 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"client CPU ratio (data client / store.get): {reference['client_cpu_us'] / lean['client_cpu_us']:.2f}")
     print(f"client CPU ratio, {args.threads} threads (one call per read / coalesced): "
           f"{results[single]['client_cpu_us'] / results[coalesced]['client_cpu_us']:.2f}")
+    for name, rounds in rules.items():
+        means = {key: round(sum(r[key] for r in rounds) / len(rounds), 1) for key in rounds[0]}
+        print(f"{name:32s} {means['client_cpu_us']:19.1f} {means['wall_us']:13.1f} "
+              f"{means['emulator_cpu_us']:21.1f} {means['reads_per_call']:11.2f}   (mean of {len(rounds)} rounds)")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "profile_reads.json").write_text(json.dumps(
-        {"reads": args.reads, "rows": args.rows, "threads": args.threads, "work_us": args.work_us, "payload_bytes": round(payload_bytes), "results": results}, indent=2
+        {"reads": args.reads, "rows": args.rows, "threads": args.threads, "work_us": args.work_us,
+         "payload_bytes": round(payload_bytes), "results": results, "rules": rules}, indent=2
     ) + "\n")
     return 0
 

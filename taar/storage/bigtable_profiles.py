@@ -279,8 +279,10 @@ class RowReader:
 
 # --------------------------------------------------------------------------- coalescing concurrent reads
 
-#: ReadRows calls in flight at once per channel (process); see :class:`Batches`.
+#: ReadRows calls in flight at once per channel (process) at most; see :class:`Batches`.
 MAX_IN_FLIGHT = 2
+#: A call in flight this long is slow: a second call may start beside it (below, reads wait for it).
+SLOW_CALL_S = 0.01
 #: Distinct row keys in one ReadRows call at most.
 MAX_BATCH_KEYS = 32
 
@@ -306,22 +308,29 @@ class Batches:
 
     A read whose key is not wanted yet gets a :class:`Slot`; a read of a key
     already wanted (waiting or in a call in flight) shares that slot's answer.
-    A read whose slot is not in a call and that finds fewer than
-    :data:`MAX_IN_FLIGHT` calls in flight leads at once: it sends its own key
-    plus up to :data:`MAX_BATCH_KEYS` - 1 other waiting keys (oldest first) in
-    one ReadRows call from its own thread, so a lone read has no added latency
-    and there are no timers or helper threads. Otherwise it waits on its slot,
-    until its deadline at most: when a call ends, its keys are answered and one
-    waiting read is woken to lead the next batch.
+    A read whose slot is not in a call leads a call when no call is in flight,
+    or when the one call in flight has been out for :data:`SLOW_CALL_S` (at
+    most :data:`MAX_IN_FLIGHT` calls): it sends its own key plus up to
+    :data:`MAX_BATCH_KEYS` - 1 other waiting keys (oldest first) in one
+    ReadRows call from its own thread, so a lone read has no added latency and
+    there are no helper threads. Otherwise it waits on its slot, until its
+    deadline at most: when a call ends, its keys are answered and one waiting
+    read is woken to lead the next batch; a read waiting behind one call also
+    wakes when that call turns slow.
 
-    Why two calls in flight and not one: with one, every read that arrives
-    during a slow call (a tail latency, a leader's retry pause, a stalled
-    leader waiting out its deadline) waits for that call to end; with two, a
-    waiting read is sent as soon as either call ends, so one slow call holds
-    up only the reads it carries, while calls still carry several keys each
-    under load (8 threads reading the emulator: ~2.4 reads a call with two,
-    ~3.6 with one; ``python -m bench.profile_reads``). More would split
-    batches further for little latency gain on one HTTP/2 connection.
+    Why one call, and a second only beside a slow one: a call's client CPU
+    (~0.25 ms in gRPC) is most of a read's cost, so under load reads should
+    share calls. With one call in flight, every read that arrives during it
+    rides the next one (8 threads reading the emulator: ~3.6 reads a call,
+    against ~2.4 when two calls may always be in flight;
+    ``python -m bench.profile_reads``), and under gunicorn the per-user
+    route's worker CPU fell by a tenth to a fifth (``bench.serve_baseline``).
+    But a slow call (a tail latency, a leader's retry pause, a stalled leader
+    waiting out its deadline) must not hold up every read arriving behind it:
+    once it has been out for :data:`SLOW_CALL_S` (several normal round trips
+    to Bigtable, a fraction of the 150 ms read deadline), the waiting reads go
+    in a second call. More than two would split batches further for little
+    latency gain on one HTTP/2 connection.
 
     Deadlines never depend on the batch: the leader's call runs with the
     leader's own deadline and every other read waits only until its own; keys
@@ -338,9 +347,21 @@ class Batches:
         self.lock = threading.Lock()
         self.slots: dict[bytes, Slot] = {}  # every key not answered yet, waiting or in a call
         self.queue: dict[bytes, Slot] = {}  # the keys waiting for a call, oldest first
-        self.in_flight = 0
+        self.started: list[float] = []  # monotonic start of each call in flight, oldest first
         self.reads = 0
         self.calls = 0
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.started)
+
+    def wait_to_send(self, now: float) -> float:
+        """Seconds until a waiting read may lead a call (0: now; inf: not before a call ends); caller holds ``lock``."""
+        if not self.started:
+            return 0.0
+        if len(self.started) >= MAX_IN_FLIGHT:
+            return float("inf")
+        return max(0.0, self.started[0] + SLOW_CALL_S - now)
 
     def join(self, key: bytes) -> Slot:
         """The slot of ``key`` with one more waiting read (caller holds ``lock``)."""
@@ -351,8 +372,11 @@ class Batches:
         self.reads += 1
         return slot
 
-    def take(self, slot: Slot) -> list[Slot]:
-        """Start a call led by ``slot``'s read: its key and the oldest other waiting keys (caller holds ``lock``)."""
+    def take(self, slot: Slot, now: float) -> list[Slot]:
+        """Start a call at ``now`` led by ``slot``'s read: its key and the oldest other waiting keys (caller holds ``lock``).
+
+        Pass ``now`` to :meth:`end` when the call is over.
+        """
         del self.queue[slot.key]
         batch = [slot]
         for other in islice(self.queue.values(), MAX_BATCH_KEYS - 1):
@@ -361,7 +385,7 @@ class Batches:
             other.sent = True
             if other is not slot:
                 del self.queue[other.key]
-        self.in_flight += 1
+        self.started.append(now)
         self.calls += 1
         return batch
 
@@ -400,13 +424,13 @@ class Batches:
             back.update(self.queue)
             self.queue = back
 
-    def end(self) -> None:
-        """A call ended (caller holds ``lock``): wake one waiting read to lead the next batch."""
-        self.in_flight -= 1
+    def end(self, started: float) -> None:
+        """The call started at ``started`` ended (caller holds ``lock``): wake one waiting read to lead the next batch."""
+        self.started.remove(started)
         self.promote()
 
     def promote(self) -> None:
-        if self.queue and self.in_flight < MAX_IN_FLIGHT:
+        if self.queue and len(self.started) < MAX_IN_FLIGHT:
             for slot in self.queue.values():
                 if slot.waiting > 0:
                     slot.wake.notify()
@@ -558,20 +582,22 @@ class BigtableProfileStore:
         with batches.lock:
             slot = batches.join(row_key)
             while not slot.done:
-                if not slot.sent and batches.in_flight < MAX_IN_FLIGHT:
-                    batch = batches.take(slot)
+                now = time.monotonic()
+                pause = float("inf") if slot.sent else batches.wait_to_send(now)
+                if pause == 0.0:
+                    batch = batches.take(slot, now)
                     break
-                left = deadline - time.monotonic()
+                left = deadline - now
                 if left <= 0:
                     batches.give_up(slot)
                     raise self._timeout(timeout_s, slot.retried) from slot.retried
-                slot.wake.wait(left)
+                slot.wake.wait(min(left, pause))
             else:
                 return self._answer(slot, timeout_s)
-        self._lead(reader, batch, deadline, timeout_s)
+        self._lead(reader, batch, now, deadline, timeout_s)
         return self._answer(slot, timeout_s)
 
-    def _lead(self, reader: RowReader, batch: list[Slot], deadline: float, timeout_s: float) -> None:
+    def _lead(self, reader: RowReader, batch: list[Slot], started: float, deadline: float, timeout_s: float) -> None:
         """Send ``batch`` (led by ``batch[0]``) until answered, retrying transient errors inside the
         leader's deadline; each retry carries only the keys still waited for. Settles the slots it
         answers (a key not in a successful stream is absent) and puts the others back in the queue.
@@ -636,7 +662,7 @@ class BigtableProfileStore:
                 own.waiting -= 1
                 if own.waiting == 0:
                     batches.forget(own)
-                batches.end()
+                batches.end(started)
 
     def _answer(self, slot: Slot, timeout_s: float) -> bytes | None:
         """The answer of one read of ``slot`` once its slot is settled or its leader's part is over."""

@@ -598,6 +598,63 @@ def test_concurrent_reads_share_one_call_and_duplicates_share_one_answer(scripte
 
 
 @pytest.mark.integration
+def test_reads_behind_a_call_that_is_not_slow_wait_and_share_the_next_call(scripted, monkeypatch):
+    from taar.storage import bigtable_profiles
+
+    monkeypatch.setattr(bigtable_profiles, "SLOW_CALL_S", 60.0)  # the first call never turns slow here
+    gate = threading.Event()
+    server, store = scripted([], blocked_until(gate, stream([row(K1, b"one")])),
+                             stream([row(K2, b"two"), row(K3, b"three")]))
+    assert store.warm(5)
+    batches = store._reader.batches
+    results = {}
+    first = read_in_thread(store, K1, 10, results)
+    wait_until(lambda: len(server.calls) == 2)  # warm + K1's call, held at the gate
+    behind = [read_in_thread(store, key, 10, results) for key in (K2, K3)]
+    wait_until(lambda: len(batches.queue) == 2)
+    time.sleep(0.1)  # room for a wrong second call to start
+    assert len(server.calls) == 2 and batches.in_flight == 1
+    gate.set()
+    for thread in [first, *behind]:
+        thread.join(10)
+    assert [results[thread.name][0] for thread in [first, *behind]] == [b"one", b"two", b"three"]
+    assert len(server.calls) == 3  # K2 and K3 rode one call, sent once K1's ended
+    assert list(server.calls[-1][0].rows.row_keys) == [K2, K3]
+    assert not batches.slots and not batches.queue and batches.in_flight == 0
+    store.close()
+
+
+@pytest.mark.integration
+def test_reads_behind_a_slow_call_go_in_a_second_call_once_it_is_slow(scripted, monkeypatch):
+    from taar.storage import bigtable_profiles
+
+    monkeypatch.setattr(bigtable_profiles, "SLOW_CALL_S", 0.2)
+    gate, arrived = threading.Event(), []
+
+    def second_call(request):
+        arrived.append(time.monotonic())
+        return stream([row(K2, b"two")])
+
+    server, store = scripted([], blocked_until(gate, stream([row(K1, b"one")])), second_call)
+    assert store.warm(5)
+    batches = store._reader.batches
+    results = {}
+    stalled = read_in_thread(store, K1, 10, results)
+    wait_until(lambda: len(server.calls) == 2)
+    [first_started] = batches.started
+    behind = read_in_thread(store, K2, 10, results)
+    behind.join(10)
+    assert results[behind.name][0] == b"two" and stalled.is_alive()  # answered while the slow call still hangs
+    assert arrived[0] >= first_started + 0.2  # sent only once the first call had been out for SLOW_CALL_S
+    gate.set()
+    stalled.join(10)
+    assert results[stalled.name][0] == b"one"
+    assert [list(request.rows.row_keys) for request, _ in server.calls[1:]] == [[K1], [K2]]
+    assert batches.in_flight == 0
+    store.close()
+
+
+@pytest.mark.integration
 def test_a_retried_batch_carries_only_the_reads_still_waiting(scripted):
     from taar.storage.bigtable_profiles import MAX_IN_FLIGHT
 
