@@ -79,22 +79,25 @@ def measure_threads(read, keys: list[bytes], reads: int, threads: int, emulator_
     others must be found.
     """
     missing = [b"f" * 64 + f"{i:04d}".encode() for i in range(len(keys))]
-    errors = []
+    errors, latencies = [], []
 
     def run(offset: int, count: int) -> None:
         try:
             for i in range(offset, offset + count):
+                started = time.perf_counter()
                 if i % 10 == 0:
                     if read(missing[i % len(missing)]) is not None:
                         raise RuntimeError("a missing profile read back as found")
                 elif read(keys[i % len(keys)]) is None:
                     raise RuntimeError("a loaded profile read back as missing")
+                latencies.append(time.perf_counter() - started)
                 if work_s:
                     spin(work_s)
         except Exception as exc:  # reported after the join
             errors.append(exc)
 
     run(0, WARMUP_READS)
+    latencies.clear()
     share = reads // threads
     workers = [threading.Thread(target=run, args=(n * share, share)) for n in range(threads)]
     emulator0, cpu0, wall0 = process_cpu_seconds(emulator_pid), time.process_time(), time.perf_counter()
@@ -109,6 +112,7 @@ def measure_threads(read, keys: list[bytes], reads: int, threads: int, emulator_
         "wall_us": round((time.perf_counter() - wall0) * per_read, 1),
         "emulator_cpu_us": round((process_cpu_seconds(emulator_pid) - emulator0) * per_read, 1),
         "reads": done,
+        "p99_read_ms": round(sorted(latencies)[int(0.99 * (len(latencies) - 1))] * 1000, 2) if latencies else None,
     }
     if errors:
         raise errors[0]
@@ -223,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, rounds in rules.items():
         means = {key: round(sum(r[key] for r in rounds) / len(rounds), 1) for key in rounds[0]}
         print(f"{name:32s} {means['client_cpu_us']:19.1f} {means['wall_us']:13.1f} "
-              f"{means['emulator_cpu_us']:21.1f} {means['reads_per_call']:11.2f}   (mean of {len(rounds)} rounds)")
+              f"{means['emulator_cpu_us']:21.1f} {means['reads_per_call']:11.2f}   (mean of {len(rounds)} rounds; "
+              f"read p99 {means['p99_read_ms']} ms)")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "profile_reads.json").write_text(json.dumps(
         {"reads": args.reads, "rows": args.rows, "threads": args.threads, "work_us": args.work_us,
