@@ -31,6 +31,8 @@ import logging
 import re
 from urllib.parse import parse_qsl
 
+from werkzeug.http import quote_etag
+
 from . import services
 from .request_log import REQUEST_ID_HEADER, close_request, open_request, write_summary
 from .validation import (
@@ -93,7 +95,7 @@ def _taarlite(svc, segment: str, query: str, environ):
         body, etag, cache_control = taarlite.answer(svc, guid, mode, explain)
         if etag is None:
             return body, (("Cache-Control", cache_control),)
-        return body, (("ETag", f'"{etag}"'), ("Cache-Control", cache_control))  # set_etag's strong quoting
+        return body, (("ETag", quote_etag(etag)), ("Cache-Control", cache_control))  # as response.set_etag
 
     return respond
 
