@@ -1,28 +1,29 @@
 """The per-user and TAARlite GETs without Flask's request machinery (SPEC §6.2).
 
 ``GET /v1/api/recommendations/<id>/`` is most of the service's traffic and
-``GET /taarlite/api/v1/addon_recommendations/<guid>/`` the next route in volume.
-Flask's request and app contexts, URL matching, hooks, signals and response
-object cost about a sixth of a per-user request's CPU under gunicorn, and most of
-the difference between a TAARlite request and ``/__lbheartbeat__``, for routes
-whose answers need none of them. :class:`FastPath` sits in front of the Flask
-app and serves those requests itself, through the same code as the Flask views:
-their ``answer`` functions (:func:`taar_web.views.recommendations.answer`,
+``GET /taarlite/api/v1/addon_recommendations/<guid>/`` has a throughput target
+close to ``/__lbheartbeat__`` (SPEC §13, S3). Flask's request and app contexts,
+URL matching, hooks, signals and response object cost about a sixth of a
+per-user request's CPU under gunicorn and most of a TAARlite request's, for
+routes whose answers need none of them. :class:`FastPath` sits in front of the
+Flask app and serves those requests itself, through the same code as the Flask
+views: their ``answer`` functions (:func:`taar_web.views.recommendations.answer`,
 :func:`taar_web.views.taarlite.answer`) for the body and headers, and
 :func:`~taar_web.request_log.open_request` / ``write_summary`` /
 ``close_request`` for the log context, the ``request.summary`` record and the
-metrics batch. Response bytes and headers are those of ``flask.jsonify`` (plus
+metrics batch. Response bytes and headers are those of ``flask.jsonify`` (and
 ``response.set_etag`` for TAARlite).
 
 It only takes what it answers exactly as Flask would; everything else goes to
 Flask unchanged: other paths and methods (POST, HEAD), a request with a body, a
-path segment werkzeug would not hand the view as is (a second leading slash,
-non-UTF-8 trouble), a client id or GUID the view's parser refuses (the 400 comes
-from Flask's handler), a query string that is not ASCII, a malformed ``locale``
-(Flask counts it) or an unknown ``normalize`` (Flask's 400), a TAARlite request
-with ``If-None-Match`` (werkzeug parses ETags and answers the 304), and an app in
-debug mode (indented JSON). ``tests/web/test_fastpath.py`` compares the two paths
-response by response.
+path werkzeug would redirect or not match as is (doubled or missing slashes, a
+decoded ``%2F``, a PATH_INFO that is not a latin-1 WSGI string), a client id or
+GUID the view's parser refuses (the 400 comes from Flask's handler), a query
+string that is not ASCII, a malformed ``locale`` (Flask counts it) or an unknown
+``normalize`` (Flask's 400), a TAARlite request with ``If-None-Match`` (werkzeug
+parses ETags and answers the 304), and an app in debug mode (indented JSON). The
+path segment is decoded as werkzeug decodes it (UTF-8, invalid bytes replaced).
+``tests/web/test_fastpath.py`` compares the two paths response by response.
 """
 
 from __future__ import annotations
