@@ -24,7 +24,7 @@ from taar.recommenders import RecommendationManager, build_engine, fresh_seed
 from taar.storage import open_model_store, open_profile_store
 
 from . import request_log, services, validation
-from .fastpath import PerUserFastPath
+from .fastpath import FastPath
 from .health import HealthChecker
 from .metrics import build_metrics
 from .profiles import ProfileFetcher
@@ -93,8 +93,8 @@ def create_app(settings: Settings | None = None, *, model_store=None, profile_st
 
     request_log.init_app(app)
     validation.register_error_handlers(app)
-    # the plain per-user GET skips Flask's request machinery (same answer, logs and metrics)
-    fast_path = app.extensions["taar_fast_path"] = PerUserFastPath(app, app.wsgi_app)
+    # the plain per-user and TAARlite GETs skip Flask's request machinery (same answer, logs and metrics)
+    fast_path = app.extensions["taar_fast_path"] = FastPath(app, app.wsgi_app)
     app.wsgi_app = validation.close_connection_after(fast_path)
     register_blueprints(app)
     if start_refresher:

@@ -46,29 +46,30 @@ def _recommend(engine, guid, mode, limit, metrics) -> list[tuple[str, float]]:
     return recs if len(recs) >= limit else []
 
 
-@bp.route("/taarlite/api/v1/addon_recommendations/<guid>/", methods=["GET"])
-def addon_recommendations(guid: str):
-    """Add-ons often installed together with ``guid``."""
-    svc = services.current()
-    limit = svc.settings.taarlite_max_results
-    guid = parse_guid(guid)
-    mode = parse_normalize(flask.request.args.get("normalize"))
-    explain = parse_flag(flask.request.args.get("explain"))
-    request_log.bind(guid=guid)
+#: The route's URL rule (the fast path of :mod:`taar_web.fastpath` logs the same one).
+ROUTE = "/taarlite/api/v1/addon_recommendations/<guid>/"
+#: The Cache-Control of an answer without models: an empty answer no cache should keep.
+NO_STORE = "no-store"
 
-    snapshot = svc.registry.snapshot
+
+def answer(svc, guid: str, mode: str, explain: bool, not_modified=None) -> tuple[dict | None, str | None, str]:
+    """``(body, etag, cache_control)`` for validated inputs; binds ``guid``, ``mode`` and ``guids`` for the log.
+
+    ``etag`` is None when the TAARlite models are not loaded (the body is then
+    ``{"results": []}`` with :data:`NO_STORE`). ``not_modified(etag)`` says whether
+    the caller's copy is current: then ``body`` is None (the view answers 304)
+    and nothing is computed. Shared by the Flask view and the fast path
+    (:mod:`taar_web.fastpath`), so both answer, bind and count exactly the same.
+    """
+    limit = svc.settings.taarlite_max_results
+    request_log.bind(guid=guid)
+    snapshot = svc.registry.snapshot  # one consistent model set for the whole request
     etag = taarlite_etag(snapshot.checksum("coinstall"), snapshot.checksum("ranking"), mode, limit, explain)
     if etag is None:
-        # Models missing: an empty answer that no cache should keep.
-        response = flask.jsonify({"results": []})
-        response.headers["Cache-Control"] = "no-store"
-        return response
+        return {"results": []}, None, NO_STORE
     cache_control = f"public, max-age={svc.settings.taarlite_cache_max_age}"
-    if flask.request.if_none_match.contains_weak(etag):
-        response = flask.Response(status=304)
-        response.set_etag(etag)
-        response.headers["Cache-Control"] = cache_control
-        return response
+    if not_modified is not None and not_modified(etag):
+        return None, etag, cache_control
 
     engine = snapshot.engine
     recs = _recommend(engine, guid, mode, limit, svc.metrics)
@@ -76,7 +77,19 @@ def addon_recommendations(guid: str):
     body = {"results": [g for g, _ in recs]}
     if explain:
         body["result_info"] = [{"guid": g, "weight": w, "installs": engine.guid_based.installs(g)} for g, w in recs]
-    response = flask.jsonify(body)
-    response.set_etag(etag)
+    return body, etag, cache_control
+
+
+@bp.route(ROUTE, methods=["GET"])
+def addon_recommendations(guid: str):
+    """Add-ons often installed together with ``guid``."""
+    args = flask.request.args
+    guid = parse_guid(guid)
+    mode = parse_normalize(args.get("normalize"))
+    body, etag, cache_control = answer(services.current(), guid, mode, parse_flag(args.get("explain")),
+                                       flask.request.if_none_match.contains_weak)
+    response = flask.Response(status=304) if body is None else flask.jsonify(body)
+    if etag is not None:
+        response.set_etag(etag)
     response.headers["Cache-Control"] = cache_control
     return response
