@@ -17,8 +17,8 @@ What it does, all on 127.0.0.1:
 2. Run 1 (SQLite profiles): ``gunicorn -c python:taar_web.gunicorn_conf taar_web.wsgi:app``
    with WORKERS=2 THREADS=8 and statsd metrics (bound to loopback). Single-request
    median: one connection, one request at a time. CPU ms per request: the workers'
-   user+system CPU during a load divided by its requests, for /__lbheartbeat__ and the
-   per-user route (run 2 adds the emulator's CPU per request). Cold start = process start to the
+   user+system CPU during a load divided by its requests, for /__lbheartbeat__, the
+   per-user route and TAARlite (run 2 adds the emulator's CPU per request). Cold start = process start to the
    first ``/__heartbeat__`` 200 (S5). Load, one endpoint after the other, with
    ``--connections`` keep-alive connections for ``--duration`` seconds each:
    ``/__lbheartbeat__``, the per-user route (90 % known, 10 % unknown ids), TAARlite
@@ -479,8 +479,8 @@ def main(argv=None) -> dict:
         figures["cpu_ms_per_request"] = cpu["per-user (SQLite)"]["workers_ms"]
         run1["single"] = run_load(server.base, user_paths, min(args.duration, 5.0), 1,
                                   "per-user, one request at a time", client)
-        run1["taarlite"] = run_load(server.base, lite_paths, args.duration, args.connections, "TAARlite (popular)",
-                                    client)
+        run1["taarlite"] = measured_load(server, lite_paths, args.duration, args.connections, "TAARlite (popular)",
+                                         client, cpu)
         figures["memory"] = server.memory()
         figures["run1_sqlite"] = {k: asdict(v) for k, v in run1.items()}
         figures["hot_swap"] = hot_swap(server, store_dir, user_paths, args, client)
