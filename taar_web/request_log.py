@@ -93,6 +93,12 @@ def bind(**fields) -> None:
         context.update(fields)
 
 
+def current_request_id() -> str | None:
+    """The request id of the current request's log context (None outside a request)."""
+    context = _request_context.get()
+    return context.get("rid") if context is not None else None
+
+
 def add_timing(name: str, ms: float) -> None:
     """Record a timing (ms) of the current request for its summary (no-op outside a request)."""
     context = _request_context.get()

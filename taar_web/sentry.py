@@ -71,11 +71,14 @@ def scrub_event(event, hint=None):
     return event
 
 
-def capture(exc: BaseException) -> None:
-    """Report ``exc`` to Sentry when enabled; never raises."""
+def capture(exc: BaseException, **tags: str) -> None:
+    """Report ``exc`` to Sentry when enabled, with ``tags`` on the event; never raises."""
     try:
         import sentry_sdk
 
-        sentry_sdk.capture_exception(exc)
+        if tags:
+            sentry_sdk.capture_exception(exc, tags=tags)
+        else:
+            sentry_sdk.capture_exception(exc)
     except Exception:  # reporting must never break a request or a refresh
         logger.debug("sentry capture failed", exc_info=True)

@@ -313,3 +313,51 @@ def test_an_unexpected_taarlite_error_is_a_logged_json_500_on_both_paths(paths, 
     assert reached_flask == []
     assert fast_result[0] == "500 INTERNAL SERVER ERROR"
     assert_same(fast_result, flask_result)
+
+
+# --------------------------------------------------------------------------- Sentry
+
+
+@pytest.fixture
+def sentry_events(monkeypatch):
+    """The service's own Sentry setup (:func:`taar_web.sentry.init_sentry`) with the events kept in memory."""
+    import sentry_sdk
+    from sentry_sdk.transport import Transport
+
+    from taar_web import sentry
+
+    events = []
+
+    class InMemory(Transport):
+        def capture_envelope(self, envelope):
+            event = envelope.get_event()
+            if event is not None:
+                events.append(event)
+
+    real_init = sentry_sdk.init
+    guards = []
+    monkeypatch.setattr(sentry_sdk, "init", lambda **kw: guards.append(real_init(transport=InMemory(), **kw)))
+    assert sentry.init_sentry("https://key@sentry.invalid/1")
+    yield events
+    guards[0].__exit__(None, None, None)  # closes the client: later events are dropped
+
+
+def test_an_unexpected_error_reaches_sentry_once_on_both_paths(paths, caplog, metrics, sentry_events):
+    app, fast, flask_wsgi, reached_flask = paths
+
+    def broken_seed():
+        raise RuntimeError("seed source down")
+
+    app.extensions["taar"].seed_source = broken_seed
+    run(fast, caplog, metrics, KNOWN, headers={"X-Request-ID": "req-9"})
+    fast_events = list(sentry_events)
+    sentry_events.clear()
+    run(flask_wsgi, caplog, metrics, KNOWN, headers={"X-Request-ID": "req-9"})
+    flask_events = list(sentry_events)
+    assert reached_flask == []
+    for events in (fast_events, flask_events):
+        assert len(events) == 1  # the logged "unhandled error" is not a second event
+        [exception] = events[0]["exception"]["values"]
+        assert (exception["type"], exception["value"]) == ("RuntimeError", "seed source down")
+    assert fast_events[0]["tags"] == {"route": "/v1/api/recommendations/<hashed_client_id>/", "request_id": "req-9"}
+    assert fixtures.KNOWN not in json.dumps(fast_events[0], default=str)  # no client id, no profile data
