@@ -19,12 +19,13 @@ What it does, all on 127.0.0.1:
    median: one connection, one request at a time. CPU ms per request: the workers'
    user+system CPU during a load divided by its requests, for /__lbheartbeat__, the
    per-user route and TAARlite (run 2 adds the emulator's CPU per request). Cold start = process start to the
-   first ``/__heartbeat__`` 200 (S5). Load, one endpoint after the other, with
-   ``--connections`` keep-alive connections for ``--duration`` seconds each:
+   first ``/__heartbeat__`` 200 (S5). Load with ``--connections`` keep-alive connections,
+   ``--duration`` seconds per endpoint in ``--rounds`` turns (the machine's speed drifts
+   over a minute; ratios of loads measured in alternation hold better):
    ``/__lbheartbeat__``, the per-user route (90 % known, 10 % unknown ids), TAARlite
    on popular GUIDs (S1-S3). Per-worker RSS/PSS. Then the per-user load again while
    the models are republished 3 times (refresh interval 1 s): failed requests (S4).
-3. Run 2 (Bigtable emulator profiles): lbheartbeat and the per-user route, then the
+3. Run 2 (Bigtable emulator profiles): lbheartbeat and the per-user route (in turns), then the
    per-user route while the emulator is stopped (SIGSTOP) with THREADS connections (no
    request queues behind another): every answer must be a 200 within the profile
    deadline + 50 ms (S6); the same with WORKERS x THREADS connections is reported beside.
@@ -44,6 +45,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -356,6 +358,45 @@ def measured_load(server, paths, duration_s, connections, label, client, cpu: di
     return result
 
 
+def interleaved_loads(server, loads, args, client, cpu: dict) -> dict[str, LoadResult]:
+    """Several loads taking turns: ``args.rounds`` rounds of ``args.duration / args.rounds`` s each.
+
+    ``loads`` is ``[(key, label, paths, extra_pids), ...]``. The machine's speed drifts over
+    a minute, so loads compared with each other (S1, S3) are measured in alternation, not
+    one after the other. Each load's result adds its rounds up: requests, time and
+    failures summed (so req/s is over all rounds), p50 the median of the rounds', p99 and
+    max the largest (conservative); ``cpu[label]`` is its CPU over all its requests.
+    """
+    rounds = {key: [] for key, *_ in loads}
+    spent = {key: [0.0, [0.0] * len(extra)] for key, _, _, extra in loads}
+    for _ in range(args.rounds):
+        for key, label, paths, extra_pids in loads:
+            workers, extra = server.cpu_seconds(), [process_cpu_seconds(pid) for pid in extra_pids]
+            rounds[key].append(run_load(server.base, paths, args.duration / args.rounds, args.connections, label,
+                                        client))
+            spent[key][0] += server.cpu_seconds() - workers
+            for i, (pid, before) in enumerate(zip(extra_pids, extra, strict=True)):
+                spent[key][1][i] += process_cpu_seconds(pid) - before
+    combined = {}
+    for key, label, _, extra_pids in loads:
+        results = rounds[key]
+        requests, seconds = sum(r.requests for r in results), sum(r.duration_s for r in results)
+        combined[key] = LoadResult(
+            label, results[0].client, results[0].connections, round(seconds, 2), requests,
+            round(requests / seconds, 1) if seconds else 0.0, statistics.median(r.p50_ms for r in results),
+            max(r.p99_ms for r in results), max(r.max_ms for r in results), sum(r.failures for r in results))
+        n = max(1, requests)
+        cpu[label] = {"workers_ms": round(spent[key][0] * 1000 / n, 3)}
+        for pid, seconds_used in zip(extra_pids, spent[key][1], strict=True):
+            cpu[label][f"pid_{pid}_ms"] = round(seconds_used * 1000 / n, 3)
+        if args.rounds > 1:
+            print(f"  {label + f' ({args.rounds} rounds)':<34} {combined[key].rps:>9.1f} req/s  p50 "
+                  f"{combined[key].p50_ms:>7.2f} ms  p99 {combined[key].p99_ms:>7.2f} ms  max "
+                  f"{combined[key].max_ms:>8.2f} ms  failures {combined[key].failures}", flush=True)
+        print(f"  {'':<34} CPU per request: {cpu[label]}", flush=True)
+    return combined
+
+
 def run_load(base, paths, duration_s, connections, label, client) -> LoadResult:
     result = (run_wrk if client == "wrk" else run_python)(base, paths, duration_s, connections, label)
     print(f"  {label:<34} {result.rps:>9.1f} req/s  p50 {result.p50_ms:>7.2f} ms  p99 {result.p99_ms:>7.2f} ms  "
@@ -424,6 +465,8 @@ def hot_swap(server: Server, store_dir: Path, paths, args, client) -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per endpoint")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="the compared loads (lbheartbeat, per-user, TAARlite) take turns in this many rounds")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
@@ -435,6 +478,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--statsd-port", type=int, default=8125, help="statsd UDP port (nothing needs to listen)")
     args = parser.parse_args(argv)
+    if args.rounds < 1 or args.duration / args.rounds < 1:
+        parser.error("--rounds must be >= 1 and leave at least 1 s of --duration per round")
     client = "wrk" if args.client == "wrk" or (args.client == "auto" and shutil.which("wrk")) else "python"
 
     shutil.rmtree(WORK, ignore_errors=True)
@@ -470,17 +515,14 @@ def main(argv=None) -> dict:
         print(f"  cold start (process start -> heartbeat 200): {figures['cold_start_s']} s", flush=True)
         run_load(server.base, ["/__lbheartbeat__"], 2, args.connections, "warm-up", client)
         cpu = figures["cpu_ms_per_request_by_load"] = {}
-        run1 = {
-            "lbheartbeat": measured_load(server, ["/__lbheartbeat__"], args.duration, args.connections,
-                                         "/__lbheartbeat__", client, cpu),
-        }
-        run1["per_user"] = measured_load(server, user_paths, args.duration, args.connections, "per-user (SQLite)",
-                                         client, cpu)
+        run1 = interleaved_loads(server, [
+            ("lbheartbeat", "/__lbheartbeat__", ["/__lbheartbeat__"], ()),
+            ("per_user", "per-user (SQLite)", user_paths, ()),
+            ("taarlite", "TAARlite (popular)", lite_paths, ()),
+        ], args, client, cpu)
         figures["cpu_ms_per_request"] = cpu["per-user (SQLite)"]["workers_ms"]
         run1["single"] = run_load(server.base, user_paths, min(args.duration, 5.0), 1,
                                   "per-user, one request at a time", client)
-        run1["taarlite"] = measured_load(server, lite_paths, args.duration, args.connections, "TAARlite (popular)",
-                                         client, cpu)
         figures["memory"] = server.memory()
         figures["run1_sqlite"] = {k: asdict(v) for k, v in run1.items()}
         figures["hot_swap"] = hot_swap(server, store_dir, user_paths, args, client)
@@ -521,10 +563,11 @@ def bigtable_run(store_dir: Path, rows, user_paths, args, client) -> dict:
         with Server(server_env(store_dir, uri, args), WORK / "gunicorn-bigtable.log") as server:
             run_load(server.base, user_paths, 2, args.connections, "warm-up", client)
             cpu = out["cpu_ms_per_request_by_load"] = {}
-            out["lbheartbeat"] = asdict(measured_load(server, ["/__lbheartbeat__"], args.duration, args.connections,
-                                                      "/__lbheartbeat__", client, cpu))
-            out["per_user"] = asdict(measured_load(server, user_paths, args.duration, args.connections,
-                                                   "per-user (Bigtable)", client, cpu, [emulator.proc.pid]))
+            loads = interleaved_loads(server, [
+                ("lbheartbeat", "/__lbheartbeat__", ["/__lbheartbeat__"], ()),
+                ("per_user", "per-user (Bigtable)", user_paths, (emulator.proc.pid,)),
+            ], args, client, cpu)
+            out.update({key: asdict(result) for key, result in loads.items()})
             # S6: the store stops answering. With at most THREADS requests in flight no request
             # queues behind another even if the kernel hands every connection to one worker;
             # with WORKERS x THREADS connections an unlucky split makes some wait one more deadline.
