@@ -52,35 +52,50 @@ class TaarThreadWorker(ThreadWorker):
         conn.sock.setblocking(False)
         conn.taar_bytes = bytearray()
         self.header_waiting[conn] = time.monotonic() + self.header_timeout_s
-        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_header_bytes, conn))
+        # The poller said the socket is readable: the whole head is usually there already, and
+        # reading it now saves a registration and a trip round the event loop per request.
+        if not self._collect(conn, registered=False):
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_header_bytes, conn))
         return None
 
-    def _drop(self, conn) -> None:
-        self.header_waiting.pop(conn, None)
+    def _unregister(self, conn) -> None:
         try:
             self.poller.unregister(conn.sock)
         except (OSError, KeyError, ValueError):
             pass
+
+    def _drop(self, conn, registered: bool = True) -> None:
+        self.header_waiting.pop(conn, None)
+        if registered:
+            self._unregister(conn)
         self.nr_conns -= 1
         conn.close()
 
     def _on_header_bytes(self, conn, sock) -> None:
+        self._collect(conn, registered=True)
+
+    def _collect(self, conn, registered: bool) -> bool:
+        """Read what the client sent; True once the connection is handed to a thread or dropped.
+
+        ``registered``: the socket is in the poller (and must leave it before a thread gets it).
+        """
         try:
-            data = sock.recv(MAX_COLLECT_BYTES)
+            data = conn.sock.recv(MAX_COLLECT_BYTES)
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                return
-            self._drop(conn)
-            return
+                return False
+            self._drop(conn, registered)
+            return True
         if not data:  # the client went away
-            self._drop(conn)
-            return
+            self._drop(conn, registered)
+            return True
         conn.taar_bytes += data
         seen = self._buffered(conn) + bytes(conn.taar_bytes)
         if END_OF_HEADERS not in seen and len(seen) < MAX_COLLECT_BYTES:
-            return
+            return False
         self.header_waiting.pop(conn, None)
-        self.poller.unregister(sock)
+        if registered:
+            self.poller.unregister(conn.sock)
         conn.init()  # creates the HTTP/1 parser (blocking socket again)
         unreader = conn.parser.unreader
         unreader.buf = io.BytesIO()
@@ -89,6 +104,7 @@ class TaarThreadWorker(ThreadWorker):
         conn.data_ready = True
         conn.taar_headers_ready = True
         super().enqueue_req(conn)
+        return True
 
     def murder_pending(self):
         super().murder_pending()

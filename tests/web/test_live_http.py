@@ -93,6 +93,32 @@ def test_headers_sent_in_pieces_within_the_timeout_are_served(server):
     sock.close()
 
 
+def test_requests_read_at_once_or_after_waiting_in_the_poller_are_all_served(server):
+    # The worker reads a readable connection's head at once; one whose bytes have not arrived
+    # yet (a new connection) waits in the poller. Both ways, then keep-alive and pipelining.
+    lb = b"GET /__lbheartbeat__ HTTP/1.1\r\nHost: x\r\n\r\n"
+    sock = connect(server)
+    time.sleep(0.3)  # accepted, nothing to read yet
+    sock.sendall(lb)
+    assert read_response(sock)[0] == 200
+    for _ in range(3):  # keep-alive: each head is there when the poller reports the socket
+        sock.sendall(lb)
+        assert read_response(sock)[0] == 200
+    sock.sendall(lb + lb)  # pipelined: the second head is already buffered after the first
+    assert [read_response(sock)[0] for _ in range(2)] == [200, 200]
+    sock.close()
+
+
+def test_clients_that_connect_and_leave_do_not_hurt_the_worker(server):
+    for _ in range(50):
+        connect(server).close()  # some closed before the worker reads, some after
+    sock = connect(server, timeout=1.0)
+    sock.sendall(b"GET /__lbheartbeat__ HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert read_response(sock)[0] == 200
+    sock.close()
+    assert server.proc.poll() is None
+
+
 def test_oversized_body_gets_400_and_the_connection_is_closed_without_draining(server):
     sock = connect(server)
     # declares 10 MB, sends 100 bytes: the server must not wait for (or read) the rest
