@@ -119,21 +119,14 @@ class CollaborativeRecommender(RowRecommender):
         """``(s, R)`` of :meth:`scores` when the client can be scored (R not empty), else None.
 
         :meth:`can_recommend` and :meth:`scores` inlined (the request path); ``add.reduce``
-        is what ``sum`` calls, without its wrapper. With at least two rows and two factors,
-        ``np.dot`` of the C-contiguous float64 matrix and vector makes the BLAS ``gemv`` call
-        that the ``@`` of :meth:`scores` makes (so the same additions, bit for bit) without
-        matmul's ufunc dispatch (~4 us here); with one row or one factor numpy takes other
-        routes (a scalar product, ``ddot``) that can differ in the sign of a zero, so ``@`` stays.
+        is what ``sum`` calls, without its wrapper.
         """
         if not (self.loaded_ and profile.get("installed_addons")):
             return None
         installed = self.installed_rows(profile)
         if installed.size == 0:
             return None
-        factors = self.factors_
-        user = np.add.reduce(factors[installed], axis=0)
-        n_rows, k = factors.shape
-        return (np.dot(factors, user) if n_rows > 1 and k > 1 else factors @ user), installed
+        return self.factors_ @ np.add.reduce(self.factors_[installed], axis=0), installed
 
     def recommend_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
         """:meth:`recommend` as ``(rows, scores)`` arrays (rows index ``candidate_guids_``)."""

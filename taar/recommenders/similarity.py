@@ -375,9 +375,7 @@ class SimilarityRecommender(RowRecommender):
         - the number of differing categoricals is the sum of three precomputed 0/1
           rows (exact small integers, as the 0/1 matrix product gives), then ``/ 3``;
         - the canberra row sums stay the same matrix-vector product on the same
-          C-ordered ``(n_donors, 5)`` array, so BLAS adds the terms in the same order
-          (with two donors or more, ``np.dot`` makes the ``gemv`` call ``@`` makes, without
-          matmul's ufunc dispatch; one donor row keeps ``@``, as numpy routes a single row elsewhere).
+          C-ordered ``(n_donors, 5)`` array, so BLAS adds the terms in the same order.
         """
         x_c = np.asarray(x_c, dtype=np.float64)
         codes = c_c if type(c_c) is list else np.asarray(c_c).tolist()
@@ -394,7 +392,7 @@ class SimilarityRecommender(RowRecommender):
         if zero:
             den[den == 0] = 1.0
         terms /= den
-        canberra = np.dot(terms, self.ones_) if terms.shape[0] > 1 else terms @ self.ones_
+        canberra = terms @ self.ones_
         differing = self.mismatch_[0][codes[0]] + self.mismatch_[1][codes[1]]
         differing += self.mismatch_[2][codes[2]]
         hamming = differing / len(CATEGORICAL)

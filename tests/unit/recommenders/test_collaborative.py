@@ -151,28 +151,3 @@ def test_candidate_rows_are_the_reference_rows_on_both_paths(seed, scale):
 def test_score_bound_is_factors_times_the_largest_factor_squared(rec):
     # toy factors (2 columns), largest |f| = 2 (d-delta [2, -1]): 2 * 2 * 2 = 8
     assert rec.score_bound_ == 8.0
-
-
-@pytest.mark.parametrize("shape", [(5000, 32), (7, 3), (2, 2), (1, 1), (1, 4), (6, 1)])
-def test_request_scores_are_the_readable_scores_bit_for_bit(shape):
-    """_scored (np.dot) gives the bytes of scores (``@``): the same BLAS gemv, at the serving size
-    (5000 x 32, where OpenBLAS may split the rows over threads) and at toy sizes; one row or one
-    factor (where np.dot gives -0.0 x 0.0 = -0.0, and the ``@`` 0.0 + -0.0 = 0.0) stays on ``@``."""
-    import numpy as np
-
-    rng = np.random.default_rng(shape[0])
-    guids = [f"s{i:05d}@x" for i in range(shape[0])]
-    factors = rng.normal(size=shape).round(6)
-    factors[-1, -1] = 1.0
-    factors[0, 0] = -0.0  # installed alone, its user vector is +0.0 (reduce adds it to 0.0): a product -0.0 x 0.0
-    rows = [{"id": item_id(g), "features": f} for g, f in zip(guids, factors.tolist(), strict=True)]
-    mapping = {str(item_id(g)): {"id": g, "isWebextension": True} for g in guids}
-    rec = CollaborativeRecommender().fit(item_matrix=rows, addon_mapping=mapping)
-    requests = [[guids[0]]] + [  # the -0.0 row alone
-        rng.choice(guids, size=int(rng.integers(1, min(11, shape[0]) + 1)), replace=False).tolist()
-        for _ in range(40)]
-    for installed in requests:
-        profile = toy.profile(installed_addons=installed)
-        (fast, fast_rows), (ref, ref_rows) = rec._scored(profile, None), rec.scores(profile)
-        assert fast_rows.tolist() == ref_rows.tolist()
-        assert fast.tobytes() == ref.tobytes()

@@ -321,23 +321,3 @@ def test_curves_that_are_not_strictly_increasing_use_the_binary_search():
 def test_client_distances_accept_plain_lists(rec):
     x_c, c_c = rec.encode(toy.profile())
     assert rec.distances(x_c.tolist(), c_c.tolist()).tolist() == rec.distances(x_c, c_c).tolist()
-
-
-def test_request_distances_are_the_shared_function_bit_for_bit():
-    """The request path's distances (np.dot row sums) have the bytes of similarity_distances (``@``)
-    at the serving size: 1000 donors, clients with zeros, -0.0 and features no donor has."""
-    rng = np.random.default_rng(11)
-    donors = [toy._donor(str(rng.choice(["a", "b", ""])), str(rng.choice(["en-US", "de", "fr"])),
-                         str(rng.choice(["Linux", "Darwin"])),
-                         (rng.integers(0, 1000, size=5) * rng.choice([0.0, 1.0, 0.37], size=5)).tolist(), ["x@y"])
-              for _ in range(1000)]
-    rec = SimilarityRecommender().fit(donors=donors, lr_curves=toy.LR_CURVES)
-    for _ in range(60):
-        features = (rng.integers(0, 1000, size=5) * rng.choice([0.0, -0.0, 1.0, 2.5], size=5)).tolist()
-        client = toy.profile(geo_city=str(rng.choice(["a", "zz"])), locale=str(rng.choice(["de", "xx"])),
-                             os="Linux", **dict(zip(similarity.CONTINUOUS, features, strict=True)))
-        x_c, c_c = rec.encode(client)
-        expected = similarity_distances(rec.donor_x_, rec.donor_c_, x_c, c_c)
-        assert rec.distances(x_c, c_c).tobytes() == expected.tobytes()
-        x_list, codes = rec._client(client)
-        assert rec._points(x_list, codes).tolist() == nearest_points(rec.xs_, expected).tolist()
