@@ -358,6 +358,14 @@ def test_direct_matvec_is_checked_and_refused_when_it_does_not_apply(monkeypatch
 
     rec, _ = _serving_sized()
     assert similarity.direct_matvec_works(rec.donor_addons_t_)
+    # the routine is the product's own, so even values votes never take (-0.0, inf, NaN) give its bytes
+    n_guids, n_donors, indptr, indices, data = rec.matvec_args_
+    for fill in (-0.0, np.inf, -np.inf, np.nan, 5e-324):
+        votes = np.linspace(0.0, 3.0, n_donors)
+        votes[::7] = fill
+        out = np.zeros(n_guids)
+        similarity._csr_matvec(n_guids, n_donors, indptr, indices, data, votes, out)
+        assert out.tobytes() == (rec.donor_addons_t_ @ votes).tobytes()
     assert not similarity.direct_matvec_works(rec.donor_addons_t_.tocsc())  # another format
     assert not similarity.direct_matvec_works(sparse.csr_matrix((0, 3)))  # nothing to multiply
 
