@@ -251,6 +251,10 @@ class SimilarityRecommender(RowRecommender):
         Value -> code per categorical column; unknown client values get -1.
     donor_addons_t_ : scipy.sparse.csr_matrix of shape (n_guids, n_donors)
         Transposed donor x GUID incidence (``Aᵀ``), columns of ``A`` in GUID order.
+    matvec_args_ : tuple
+        ``(n_guids, n_donors, indptr, indices, data)`` of ``donor_addons_t_``, for the direct call.
+    direct_matvec_ : bool
+        :func:`direct_matvec_works` for ``donor_addons_t_``: requests call scipy's routine directly.
     guids_ : tuple of str
         GUIDs, ascending (so the column index is the tie-break rank).
     xs_, numerator_, denominator_ : ndarray
