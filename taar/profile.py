@@ -46,10 +46,26 @@ def encode_payload(payload: Mapping, level: int = ZLIB_LEVEL) -> bytes:
     return zlib.compress(data, level)
 
 
+#: ``json.loads`` without its wrappers: the C scanner of a default decoder (``json.loads`` uses an
+#: equally configured one). It keeps no state between calls (its memo is cleared after each).
+_SCAN_ONCE = json.JSONDecoder().scan_once
+
+
 def decode_payload(data: bytes) -> dict:
-    """Decode a stored cell value (ValueError when it is not zlib JSON of an object)."""
+    """Decode a stored cell value (ValueError when it is not zlib JSON of an object).
+
+    The JSON is read by the scanner ``json.loads`` ends in; whenever that is not
+    the whole answer (leading or trailing text, a BOM, any error), ``json.loads``
+    reads it again and decides, so every value and error is the one it gives.
+    """
     try:
-        obj = json.loads(zlib.decompress(data).decode("utf-8"))
+        text = zlib.decompress(data).decode("utf-8")
+        try:
+            obj, end = _SCAN_ONCE(text, 0)
+        except Exception:  # not a JSON value at 0 (StopIteration), malformed...: json.loads' own error
+            end = -1
+        if end != len(text):
+            obj = json.loads(text)
     except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"undecodable profile payload: {exc}") from exc
     if not isinstance(obj, dict):
@@ -87,7 +103,56 @@ def normalise_profile(payload: Mapping, client_id: str | None = None,
     """Return the normalised profile of SPEC §3.4; never raises.
 
     ``on_default(field)`` is called for every field that had to be defaulted.
+
+    A plain dict without legacy keys (every payload the ETL writes) is read in
+    place, with the usual value types checked first; anything else takes
+    :func:`reference_normalise_profile`, the readable form, which gives the same
+    answer (a test compares them).
     """
+    if type(payload) is not dict or not _NO_LEGACY(payload):
+        return reference_normalise_profile(payload, client_id, on_default)
+    get = payload.get
+    profile = {"client_id": client_id if client_id is not None else str(get("client_id", ""))}
+    for field in STRING_FIELDS:
+        value = get(field)
+        if type(value) is not str and not isinstance(value, str):
+            if on_default is not None:
+                on_default(field)
+            value = ""
+        profile[field] = value
+    for field in NUMBER_FIELDS:
+        value = get(field)
+        if type(value) is int:  # the ETL's counters: float() is _number's answer (or its OverflowError)
+            value = float(value)
+        elif not (type(value) is float and value - value == 0.0):  # a finite float is kept as it is
+            value = _number(value)
+            if value is None:
+                if on_default is not None:
+                    on_default(field)
+                value = 0.0
+        profile[field] = value
+    addons = get("active_addons")
+    if type(addons) is not list and not isinstance(addons, list):
+        if on_default is not None:
+            on_default("active_addons")
+        addons = ()
+    installed = {}  # insertion-ordered: dict.fromkeys of the reference, built as the loop goes
+    for addon in addons:
+        if type(addon) is dict or isinstance(addon, Mapping):
+            guid = addon.get("addon_id")
+            if (type(guid) is str or isinstance(guid, str)) and guid and addon.get("is_system") is not True:
+                installed[guid] = None
+    profile["installed_addons"] = list(installed)
+    return profile
+
+
+#: True when a payload has none of the legacy keys (SPEC §3.3): ``keys().isdisjoint`` in C.
+_NO_LEGACY = LEGACY_KEYS.keys().isdisjoint
+
+
+def reference_normalise_profile(payload: Mapping, client_id: str | None = None,
+                                on_default: Callable[[str], None] | None = None) -> dict:
+    """Readable form of :func:`normalise_profile` (legacy keys, any Mapping); never raises."""
     if not isinstance(payload, Mapping):
         payload = {}
     merged = convert_legacy_keys(payload)

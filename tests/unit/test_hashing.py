@@ -25,6 +25,23 @@ pytestmark = pytest.mark.unit
 )
 def test_java_string_hashcode_matches_java(s, expected):
     assert java_string_hashcode(s) == expected
+    assert hashing.reference_java_string_hashcode(s) == expected
+
+
+def test_ascii_fast_loop_equals_the_masked_utf16_loop():
+    """Random ASCII strings of every length up to past UNMASKED_MAX_CHARS (both paths), control
+    characters and DEL included; non-ASCII strings go to the reference loop."""
+    import random
+
+    rng = random.Random(5)
+    limit = hashing.UNMASKED_MAX_CHARS
+    strings = ["".join(chr(rng.randrange(128)) for _ in range(n)) for n in range(limit + 40) for _ in range(3)]
+    strings += ["{d10d0bf8-f5b5-c8b4-a8b2-2b9879e08c5d}", "uBlock0@raymondhill.net", "\x7f" * 300, "é", "a\U0001F600"]
+    negative = 0
+    for s in strings:
+        assert java_string_hashcode(s) == hashing.reference_java_string_hashcode(s), s
+        negative += java_string_hashcode(s) < 0
+    assert 0 < negative < len(strings)  # both signs reached
 
 
 def test_item_id_masks_to_23_bits():

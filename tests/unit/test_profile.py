@@ -8,6 +8,7 @@ from taar.profile import (
     decode_payload,
     encode_payload,
     normalise_profile,
+    reference_normalise_profile,
     row_to_payload,
 )
 
@@ -67,6 +68,77 @@ def test_defaults_are_reported_and_never_raise():
     assert normalise_profile(None)["installed_addons"] == []
 
 
+class _StrSub(str):
+    pass
+
+
+#: Values a payload field can hold after json.loads (and a few it cannot), for the fast-path comparison.
+HUGE = 2**1100  # above float max: float() raises OverflowError
+_FIELD_VALUES = [None, "", "Rome", _StrSub("sub"), 0, -3, 7, HUGE, 0.0, -0.0, 1.5, float("inf"), float("-inf"),
+                 float("nan"), True, False, [], {}, "12"]
+_ADDON_LISTS = [[], "x", None, {"addon_id": "a"}, ("a",),
+                [{"addon_id": "a@x"}, {"addon_id": "a@x", "is_system": True}, {"addon_id": "b@x", "is_system": 1},
+                 {"addon_id": ""}, {"addon_id": 5}, {"addon_id": _StrSub("s@x")}, "junk", None, {"name": "n"},
+                 {"addon_id": "c@x", "is_system": False}, {"addon_id": "b@x"}, {"addon_id": "s@x"}]]
+
+
+def _both(payload, client_id=None):
+    """(fast, reference) answers with their on_default calls, in call order."""
+    out = []
+    for fn in (normalise_profile, reference_normalise_profile):
+        seen = []
+        out.append((fn(payload, client_id, seen.append), seen))
+    return out
+
+
+def _same(a, b):
+    """Equal dicts with equal value types (1.0 vs 1 differ); floats by repr (-0.0 apart from 0.0)."""
+    assert list(a) == list(b)
+    for key in a:
+        assert type(a[key]) is type(b[key]), key
+        if isinstance(a[key], float):
+            assert repr(a[key]) == repr(b[key]), key
+        else:
+            assert a[key] == b[key], key
+
+
+def test_normalise_fast_path_matches_reference_field_by_field():
+    import itertools
+
+    fields = ("geo_city", "locale", "os", "subsession_length", "bookmark_count", "tab_open_count", "total_uri",
+              "unique_tlds")
+    cases = overflows = 0
+    for field, value in itertools.product(fields, _FIELD_VALUES):
+        for addons in _ADDON_LISTS:
+            payload = dict(NEW, **{field: value}, active_addons=addons)
+            if value is HUGE and field not in ("geo_city", "locale", "os"):  # both paths raise the same
+
+                for fn in (normalise_profile, reference_normalise_profile):
+                    with pytest.raises(OverflowError):
+                        fn(payload)
+                overflows += 1
+                continue
+            (fast, fast_seen), (ref, ref_seen) = _both(payload, None if cases % 2 else "hashed")
+            _same(fast, ref)
+            assert fast_seen == ref_seen
+            cases += 1
+    assert overflows == 5 * len(_ADDON_LISTS)
+    assert cases + overflows == len(fields) * len(_FIELD_VALUES) * len(_ADDON_LISTS)
+
+
+def test_normalise_fast_path_leaves_legacy_and_odd_payloads_to_the_reference():
+    from collections import OrderedDict
+
+    legacy = {"city": "Rome", "subsession_hours_sum": 2, "active_addons": [{"addon_id": "a"}]}
+    for payload in (legacy, OrderedDict(NEW), None, [], "x", {}):
+        (fast, fast_seen), (ref, ref_seen) = _both(payload)
+        _same(fast, ref)
+        assert fast_seen == ref_seen
+    # -0.0 and a finite float are kept as they are; an int becomes its float (both paths)
+    p = normalise_profile(dict(NEW, bookmark_count=-0.0, total_uri=2.5, unique_tlds=3))
+    assert repr(p["bookmark_count"]) == "-0.0" and p["total_uri"] == 2.5 and repr(p["unique_tlds"]) == "3.0"
+
+
 def test_row_to_payload_transform():
     addon = {f: None for f in ADDON_FIELDS} | {"addon_id": "a@x", "install_day": 18000}
     row = {"client_id": "raw-id", "city": None, "subsession_hours_sum": 0.5, "locale": "fr", "os": "Darwin",
@@ -79,3 +151,40 @@ def test_row_to_payload_transform():
                  "locale": "fr", "os": "Darwin", "bookmark_count": 3, "tab_open_count": 0, "total_uri": 42,
                  "unique_tlds": 3, "active_addons": [addon]}
     assert "raw-id" not in str(p)
+
+
+def _reference_decode(data):
+    """decode_payload as it was: json.loads of the decompressed text (the fast path must agree)."""
+    import json
+
+    try:
+        obj = json.loads(zlib.decompress(data).decode("utf-8"))
+    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"undecodable profile payload: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise ValueError("profile payload is not a JSON object")
+    return obj
+
+
+@pytest.mark.parametrize("text", [
+    '{"a":1}', ' {"a":1}', '{"a":1} ', '{"a":1}\n', '\ufeff{"a":1}', '{"a":1}x', '{"a":1}{"b":2}', '{"a":1', '',
+    ' ', '[1]', '"s"', '1', 'null', '{"a":NaN,"b":-Infinity}', '{"a":1e400,"b":-0.0,"c":12345678901234567890}',
+    '{"a":"\\ud800","b":"\\u00e9\u00e9"}', '{"a":1,"a":2}', '{"a":' * 3000 + '1' + '}' * 3000, '{"a":[1,2,]}',
+    '\t{"a":{"b":[true,false,null]}}\r\n',
+])
+def test_decode_payload_fast_scan_gives_json_loads_answer_and_error(text):
+    data = zlib.compress(text.encode("utf-8", "surrogatepass"))
+
+    def outcome(fn):
+        try:
+            return "ok", repr(fn(data))
+        except (ValueError, RecursionError) as exc:
+            return type(exc).__name__, str(exc)
+
+    assert outcome(decode_payload) == outcome(_reference_decode)
+
+
+def test_decode_payload_keeps_the_payload_values():
+    payload = dict(NEW, bookmark_count=-0.0, total_uri=2.5)
+    decoded = decode_payload(encode_payload(payload))
+    assert decoded == payload and repr(decoded["bookmark_count"]) == "-0.0"
