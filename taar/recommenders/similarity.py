@@ -23,11 +23,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import sparse
 
-try:  # the C routine behind ``csr_matrix @ vector``; a private module, so fit checks it before use
-    from scipy.sparse._sparsetools import csr_matvec as _csr_matvec
-except ImportError:  # pragma: no cover - a scipy without it: the public product is used
-    _csr_matvec = None
-
 from taar.profile import NUMBER_FIELDS, STRING_FIELDS
 
 from .base import NO_ROWS, RowRecommender, check_limit, top_indices, top_rows
@@ -251,10 +246,6 @@ class SimilarityRecommender(RowRecommender):
         Value -> code per categorical column; unknown client values get -1.
     donor_addons_t_ : scipy.sparse.csr_matrix of shape (n_guids, n_donors)
         Transposed donor x GUID incidence (``Aᵀ``), columns of ``A`` in GUID order.
-    matvec_args_ : tuple
-        ``(n_guids, n_donors, indptr, indices, data)`` of ``donor_addons_t_``, for the direct call.
-    direct_matvec_ : bool
-        :func:`direct_matvec_works` for ``donor_addons_t_``: requests call scipy's routine directly.
     guids_ : tuple of str
         GUIDs, ascending (so the column index is the tie-break rank).
     xs_, numerator_, denominator_ : ndarray
@@ -286,10 +277,6 @@ class SimilarityRecommender(RowRecommender):
         incidence = sparse.csr_matrix((np.ones(indices.shape[0]), indices, indptr),
                                       shape=(len(donors), len(self.guids_)))
         self.donor_addons_t_ = incidence.T.tocsr()
-        transposed = self.donor_addons_t_
-        self.matvec_args_ = (transposed.shape[0], transposed.shape[1], transposed.indptr, transposed.indices,
-                             transposed.data)
-        self.direct_matvec_ = direct_matvec_works(transposed)
         points = sorted(points, key=lambda p: float(p[0]))
         self.xs_ = np.array([float(p[0]) for p in points], dtype=np.float64)
         self.numerator_ = np.array([float(p[1][0]) for p in points], dtype=np.float64)
@@ -430,11 +417,6 @@ class SimilarityRecommender(RowRecommender):
                     _last_weak_warning[0] = now
                     logger.warning("similarity: best log-likelihood ratio %.4f is below %.1f (logged at most "
                                    "every %.0f s)", float(best), WEAK_LR_WARNING, WEAK_LR_WARNING_INTERVAL_S)
-        if self.direct_matvec_:  # what the product below runs, without scipy's dispatch (~1.6 us)
-            n_guids, n_donors, indptr, indices, data = self.matvec_args_
-            out = np.zeros(n_guids)
-            _csr_matvec(n_guids, n_donors, indptr, indices, data, votes, out)
-            return out
         return self.donor_addons_t_ @ votes
 
     def recommend_rows(self, profile: Mapping, limit: int, extra: Mapping | None = None):
@@ -458,27 +440,6 @@ class SimilarityRecommender(RowRecommender):
         if positive.shape[0] > limit:
             positive = positive[top_rows(s[positive], positive, limit)]
         return positive, s[positive]
-
-
-def direct_matvec_works(matrix) -> bool:
-    """Whether ``_csr_matvec`` on ``matrix``'s arrays gives ``matrix @ v`` byte for byte.
-
-    scipy runs that routine for a float64 CSR matrix times a float64 vector (into
-    zeros, each row summed in stored order); the module is private, so a scipy that
-    moved or changed it is caught here, once per fit, and the public product is used.
-    """
-    n_rows, n_cols = matrix.shape
-    if _csr_matvec is None or matrix.format != "csr" or matrix.dtype != np.float64 or not (n_rows and n_cols):
-        return False
-    probe = np.linspace(0.5, 2.0, n_cols)
-    probe[::3] = 0.0  # zero votes, as most donors give
-    try:
-        out = np.zeros(n_rows)
-        _csr_matvec(n_rows, n_cols, matrix.indptr, matrix.indices, matrix.data, probe, out)
-    except Exception:
-        logger.warning("similarity: scipy's csr_matvec is not usable here; using the sparse product")
-        return False
-    return out.tobytes() == (matrix @ probe).tobytes()
 
 
 def reference_scores(donors: Sequence[Mapping], lr_curves: Sequence, profile: Mapping) -> dict[str, float]:

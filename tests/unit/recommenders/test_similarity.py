@@ -336,10 +336,9 @@ def _serving_sized(seed: int = 11):
 
 
 def test_request_path_scores_and_points_are_the_readable_ones_bit_for_bit():
-    """_points (the "0.0 in" shortcut before the zero-column test) and _scores (scipy's csr_matvec
-    called directly) give the bytes of nearest_points(similarity_distances) and of ``Aᵀ @ votes``."""
+    """_points (the "0.0 in" shortcut before the zero-column test) and _scores give the bytes of
+    nearest_points(similarity_distances) and of ``Aᵀ @ votes``."""
     rec, rng = _serving_sized()
-    assert rec.direct_matvec_
     for _ in range(60):
         features = (rng.integers(0, 1000, size=5) * rng.choice([0.0, -0.0, 1.0, 2.5], size=5)).tolist()
         client = toy.profile(geo_city=str(rng.choice(["a", "zz"])), locale=str(rng.choice(["de", "xx"])),
@@ -351,31 +350,3 @@ def test_request_path_scores_and_points_are_the_readable_ones_bit_for_bit():
         assert points.tolist() == expected.tolist()
         votes = rec.point_votes_[points]
         assert rec._scores(x_list, codes).tobytes() == (rec.donor_addons_t_ @ votes).tobytes()
-
-
-def test_direct_matvec_is_checked_and_refused_when_it_does_not_apply(monkeypatch):
-    from scipy import sparse
-
-    rec, _ = _serving_sized()
-    assert similarity.direct_matvec_works(rec.donor_addons_t_)
-    # the routine is the product's own, so even values votes never take (-0.0, inf, NaN) give its bytes
-    n_guids, n_donors, indptr, indices, data = rec.matvec_args_
-    for fill in (-0.0, np.inf, -np.inf, np.nan, 5e-324):
-        votes = np.linspace(0.0, 3.0, n_donors)
-        votes[::7] = fill
-        out = np.zeros(n_guids)
-        similarity._csr_matvec(n_guids, n_donors, indptr, indices, data, votes, out)
-        assert out.tobytes() == (rec.donor_addons_t_ @ votes).tobytes()
-    assert not similarity.direct_matvec_works(rec.donor_addons_t_.tocsc())  # another format
-    assert not similarity.direct_matvec_works(sparse.csr_matrix((0, 3)))  # nothing to multiply
-
-    def broken(*args):
-        raise TypeError("changed signature")
-
-    monkeypatch.setattr(similarity, "_csr_matvec", broken)  # a scipy that changed the routine
-    assert not similarity.direct_matvec_works(rec.donor_addons_t_)
-    fallback = SimilarityRecommender().fit(donors=toy.DONORS, lr_curves=toy.LR_CURVES)
-    assert not fallback.direct_matvec_
-    assert_pairs(fallback.recommend(toy.profile(), 10), EXPECTED)  # the public product answers
-    monkeypatch.setattr(similarity, "_csr_matvec", None)  # a scipy without the module
-    assert not similarity.direct_matvec_works(rec.donor_addons_t_)
