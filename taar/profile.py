@@ -46,26 +46,10 @@ def encode_payload(payload: Mapping, level: int = ZLIB_LEVEL) -> bytes:
     return zlib.compress(data, level)
 
 
-#: ``json.loads`` without its wrappers: the C scanner of a default decoder (``json.loads`` uses an
-#: equally configured one). It keeps no state between calls (its memo is cleared after each).
-_SCAN_ONCE = json.JSONDecoder().scan_once
-
-
 def decode_payload(data: bytes) -> dict:
-    """Decode a stored cell value (ValueError when it is not zlib JSON of an object).
-
-    The JSON is read by the scanner ``json.loads`` ends in; whenever that is not
-    the whole answer (leading or trailing text, a BOM, any error), ``json.loads``
-    reads it again and decides, so every value and error is the one it gives.
-    """
+    """Decode a stored cell value (ValueError when it is not zlib JSON of an object)."""
     try:
-        text = zlib.decompress(data).decode("utf-8")
-        try:
-            obj, end = _SCAN_ONCE(text, 0)
-        except Exception:  # not a JSON value at 0 (StopIteration), malformed...: json.loads' own error
-            end = -1
-        if end != len(text):
-            obj = json.loads(text)
+        obj = json.loads(zlib.decompress(data).decode("utf-8"))
     except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"undecodable profile payload: {exc}") from exc
     if not isinstance(obj, dict):
