@@ -94,14 +94,20 @@ TAKEN = [
 ]
 
 
-@pytest.mark.parametrize("path", TAKEN)
-def test_the_fast_path_answers_as_flask_does(paths, caplog, metrics, path):
+def served_alike(paths, caplog, metrics, path):
+    """``path`` through the fast path (which must take it) and through Flask: the same 200; the fast one."""
     app, fast, flask_wsgi, reached_flask = paths
     fast_result = run(fast, caplog, metrics, path, headers={"X-Request-ID": "req-1"})
     assert reached_flask == []  # served without Flask
     flask_result = run(flask_wsgi, caplog, metrics, path, headers={"X-Request-ID": "req-1"})
     assert_same(fast_result, flask_result)
     assert fast_result[0] == "200 OK"
+    return fast_result
+
+
+@pytest.mark.parametrize("path", TAKEN)
+def test_the_fast_path_answers_as_flask_does(paths, caplog, metrics, path):
+    served_alike(paths, caplog, metrics, path)
 
 
 def test_a_generated_request_id_and_the_timings_are_fresh_per_request(paths, caplog, metrics):
@@ -201,12 +207,7 @@ LITE_TAKEN = [
 
 @pytest.mark.parametrize("path", LITE_TAKEN)
 def test_the_fast_path_answers_taarlite_as_flask_does(paths, caplog, metrics, path):
-    app, fast, flask_wsgi, reached_flask = paths
-    fast_result = run(fast, caplog, metrics, path, headers={"X-Request-ID": "req-2"})
-    assert reached_flask == []  # served without Flask
-    flask_result = run(flask_wsgi, caplog, metrics, path, headers={"X-Request-ID": "req-2"})
-    assert_same(fast_result, flask_result)
-    assert fast_result[0] == "200 OK"
+    fast_result = served_alike(paths, caplog, metrics, path)
     assert fast_result[3]["route"] == "/taarlite/api/v1/addon_recommendations/<guid>/" and "guid" in fast_result[3]
     assert [name for name, _ in fast_result[1]] == ["Content-Type", "Content-Length", "ETag", "Cache-Control"]
 
