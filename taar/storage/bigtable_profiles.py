@@ -321,10 +321,11 @@ class Batches:
     Why one call, and a second only beside a slow one: a call's client CPU
     (~0.25 ms in gRPC) is most of a read's cost, so under load reads should
     share calls. With one call in flight, every read that arrives during it
-    rides the next one (8 threads reading the emulator: ~3.6 reads a call,
-    against ~2.4 when two calls may always be in flight;
-    ``python -m bench.profile_reads``), and under gunicorn the per-user
-    route's worker CPU fell by a tenth to a fifth (``bench.serve_baseline``).
+    rides the next one (8 threads reading the emulator, each with 500 us of
+    work per read: 3.8-4.1 reads a call against 2.6-2.9 when two calls may
+    always be in flight; ``python -m bench.profile_reads --rule-rounds``), and
+    under gunicorn the per-user route's worker CPU fell by about a fifth
+    (SPEC §3.7, appendix A.11).
     But a slow call (a tail latency, a leader's retry pause, a stalled leader
     waiting out its deadline) must not hold up every read arriving behind it:
     once it has been out for :data:`SLOW_CALL_S` (several normal round trips
@@ -430,6 +431,11 @@ class Batches:
         self.promote()
 
     def promote(self) -> None:
+        """Wake one waiting read when a call slot is free (caller holds ``lock``).
+
+        Not only when it may send at once: a read that waited while both slots were
+        taken has no timer, and must learn when the call left in flight turns slow.
+        """
         if self.queue and len(self.started) < MAX_IN_FLIGHT:
             for slot in self.queue.values():
                 if slot.waiting > 0:
