@@ -655,6 +655,36 @@ def test_reads_behind_a_slow_call_go_in_a_second_call_once_it_is_slow(scripted, 
 
 
 @pytest.mark.integration
+def test_a_read_that_waited_behind_two_calls_goes_once_the_one_left_turns_slow(scripted, monkeypatch):
+    # Both call slots taken, a third read waits with no timer; when one call ends, the read must
+    # learn when the call still in flight turns slow (promote wakes it), not wait out its deadline.
+    from taar.storage import bigtable_profiles
+
+    monkeypatch.setattr(bigtable_profiles, "SLOW_CALL_S", 0.2)
+    gate_a, gate_b = threading.Event(), threading.Event()
+    server, store = scripted([], blocked_until(gate_a, stream([row(K1, b"one")])),
+                             blocked_until(gate_b, stream([row(K2, b"two")])), stream([row(K3, b"three")]))
+    assert store.warm(5)
+    batches = store._reader.batches
+    results = {}
+    first = read_in_thread(store, K1, 10, results)
+    wait_until(lambda: len(server.calls) == 2)
+    second = read_in_thread(store, K2, 10, results)  # sent once the first call is 0.2 s old
+    wait_until(lambda: len(server.calls) == 3)
+    third = read_in_thread(store, K3, 10, results)
+    wait_until(lambda: K3 in batches.queue)
+    gate_a.set()  # the first call ends; the second, younger, still hangs
+    first.join(10)
+    third.join(5)
+    assert results[third.name][0] == b"three" and second.is_alive()
+    assert results[third.name][1] < 5  # not its 10 s deadline
+    gate_b.set()
+    second.join(10)
+    assert results[second.name][0] == b"two" and batches.in_flight == 0
+    store.close()
+
+
+@pytest.mark.integration
 def test_a_retried_batch_carries_only_the_reads_still_waiting(scripted):
     from taar.storage.bigtable_profiles import MAX_IN_FLIGHT
 
