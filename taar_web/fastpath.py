@@ -34,8 +34,8 @@ from urllib.parse import parse_qsl
 
 from werkzeug.http import quote_etag
 
-from . import request_log, sentry, services
-from .request_log import REQUEST_ID_HEADER, close_request, open_request, write_summary
+from . import sentry, services
+from .request_log import REQUEST_ID_HEADER, close_request, current_request_id, open_request, write_summary
 from .validation import (
     ApiError,
     error_body,
@@ -163,7 +163,7 @@ class FastPath:
             except Exception as exc:  # as Flask's handler of unexpected errors
                 # Flask's Sentry integration reports its own; this path reports here, first, so that
                 # the SDK drops the logging integration's copy of the same exception
-                sentry.capture(exc, route=route, request_id=request_log.current_request_id() or "")
+                sentry.capture(exc, route=route, request_id=current_request_id() or "")
                 logger.exception("unhandled error")
                 (body, headers), status = (error_body("internal error"), _NO_STORE), 500
             data = (self.app.json.dumps(body, separators=(",", ":")) + "\n").encode()

@@ -128,7 +128,7 @@ def open_request(request_id: str | None, route: str | None) -> tuple:
     """Open a request's log context and metrics batch; pass the result to :func:`close_request`.
 
     ``request_id`` is the caller's ``X-Request-ID`` (a new id when absent or blank);
-    ``route`` the matched URL rule. The Flask hooks and the per-user fast path
+    ``route`` the matched URL rule. The Flask hooks and the fast path
     (:mod:`taar_web.fastpath`) both go through here.
     """
     rid = (request_id or "").strip()[:_MAX_REQUEST_ID] or new_request_id()
