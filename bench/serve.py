@@ -346,15 +346,26 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
+def cpu_seconds(server, extra_pids=()) -> list[float]:
+    """CPU seconds so far: the workers', then each of ``extra_pids``'."""
+    return [server.cpu_seconds(), *(process_cpu_seconds(pid) for pid in extra_pids)]
+
+
+def record_cpu(cpu: dict, label: str, spent: list[float], extra_pids, requests: int) -> None:
+    """``cpu[label]``: ms per request of the CPU seconds :func:`cpu_seconds` differences ``spent``, printed."""
+    n = max(1, requests)
+    cpu[label] = {"workers_ms": round(spent[0] * 1000 / n, 3)}
+    for pid, seconds in zip(extra_pids, spent[1:], strict=True):
+        cpu[label][f"pid_{pid}_ms"] = round(seconds * 1000 / n, 3)
+    print(f"  {'':<34} CPU per request: {cpu[label]}", flush=True)
+
+
 def measured_load(server, paths, duration_s, connections, label, client, cpu: dict, extra_pids=()) -> LoadResult:
     """:func:`run_load`, recording CPU ms per request of the workers (and of ``extra_pids``) in ``cpu[label]``."""
-    workers, extra = server.cpu_seconds(), [process_cpu_seconds(pid) for pid in extra_pids]
+    before = cpu_seconds(server, extra_pids)
     result = run_load(server.base, paths, duration_s, connections, label, client)
-    n = max(1, result.requests)
-    cpu[label] = {"workers_ms": round((server.cpu_seconds() - workers) * 1000 / n, 3)}
-    for pid, before in zip(extra_pids, extra, strict=True):
-        cpu[label][f"pid_{pid}_ms"] = round((process_cpu_seconds(pid) - before) * 1000 / n, 3)
-    print(f"  {'':<34} CPU per request: {cpu[label]}", flush=True)
+    spent = [after - start for after, start in zip(cpu_seconds(server, extra_pids), before, strict=True)]
+    record_cpu(cpu, label, spent, extra_pids, result.requests)
     return result
 
 
@@ -368,15 +379,14 @@ def interleaved_loads(server, loads, args, client, cpu: dict) -> dict[str, LoadR
     max the largest (conservative); ``cpu[label]`` is its CPU over all its requests.
     """
     rounds = {key: [] for key, *_ in loads}
-    spent = {key: [0.0, [0.0] * len(extra)] for key, _, _, extra in loads}
+    spent = {key: [0.0] * (1 + len(extra)) for key, _, _, extra in loads}
     for _ in range(args.rounds):
         for key, label, paths, extra_pids in loads:
-            workers, extra = server.cpu_seconds(), [process_cpu_seconds(pid) for pid in extra_pids]
+            before = cpu_seconds(server, extra_pids)
             rounds[key].append(run_load(server.base, paths, args.duration / args.rounds, args.connections, label,
                                         client))
-            spent[key][0] += server.cpu_seconds() - workers
-            for i, (pid, before) in enumerate(zip(extra_pids, extra, strict=True)):
-                spent[key][1][i] += process_cpu_seconds(pid) - before
+            for i, (after, start) in enumerate(zip(cpu_seconds(server, extra_pids), before, strict=True)):
+                spent[key][i] += after - start
     combined = {}
     for key, label, _, extra_pids in loads:
         results = rounds[key]
@@ -385,22 +395,20 @@ def interleaved_loads(server, loads, args, client, cpu: dict) -> dict[str, LoadR
             label, results[0].client, results[0].connections, round(seconds, 2), requests,
             round(requests / seconds, 1) if seconds else 0.0, statistics.median(r.p50_ms for r in results),
             max(r.p99_ms for r in results), max(r.max_ms for r in results), sum(r.failures for r in results))
-        n = max(1, requests)
-        cpu[label] = {"workers_ms": round(spent[key][0] * 1000 / n, 3)}
-        for pid, seconds_used in zip(extra_pids, spent[key][1], strict=True):
-            cpu[label][f"pid_{pid}_ms"] = round(seconds_used * 1000 / n, 3)
         if args.rounds > 1:
-            print(f"  {label + f' ({args.rounds} rounds)':<34} {combined[key].rps:>9.1f} req/s  p50 "
-                  f"{combined[key].p50_ms:>7.2f} ms  p99 {combined[key].p99_ms:>7.2f} ms  max "
-                  f"{combined[key].max_ms:>8.2f} ms  failures {combined[key].failures}", flush=True)
-        print(f"  {'':<34} CPU per request: {cpu[label]}", flush=True)
+            print_load(combined[key], f"{label} ({args.rounds} rounds)")
+        record_cpu(cpu, label, spent[key], extra_pids, requests)
     return combined
+
+
+def print_load(result: LoadResult, label: str) -> None:
+    print(f"  {label:<34} {result.rps:>9.1f} req/s  p50 {result.p50_ms:>7.2f} ms  p99 {result.p99_ms:>7.2f} ms  "
+          f"max {result.max_ms:>8.2f} ms  failures {result.failures}", flush=True)
 
 
 def run_load(base, paths, duration_s, connections, label, client) -> LoadResult:
     result = (run_wrk if client == "wrk" else run_python)(base, paths, duration_s, connections, label)
-    print(f"  {label:<34} {result.rps:>9.1f} req/s  p50 {result.p50_ms:>7.2f} ms  p99 {result.p99_ms:>7.2f} ms  "
-          f"max {result.max_ms:>8.2f} ms  failures {result.failures}", flush=True)
+    print_load(result, label)
     return result
 
 
