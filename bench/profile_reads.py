@@ -119,23 +119,28 @@ def measure_threads(read, keys: list[bytes], reads: int, threads: int, emulator_
     return figures
 
 
+def measure_coalesced(store, keys: list[bytes], args, emulator_pid: int) -> dict:
+    """:func:`measure_threads` of ``store.get`` with the reads per ReadRows call it made."""
+    batches = store._reader.batches
+    reads0, calls0 = batches.reads, batches.calls
+    figures = measure_threads(lambda key: store.get(key, DEADLINE_S), keys, args.reads, args.threads, emulator_pid,
+                              args.work_us / 1e6)
+    figures["reads_per_call"] = round((batches.reads - reads0) / (batches.calls - calls0), 2)
+    return figures
+
+
 def compare_rules(store, keys: list[bytes], args, emulator_pid: int) -> dict[str, list[dict]]:
     """The concurrent mode under each second-call rule, alternating, ``args.rule_rounds`` rounds each."""
     from taar.storage import bigtable_profiles
 
     rules = {f"second call after {bigtable_profiles.SLOW_CALL_S * 1000:g} ms": bigtable_profiles.SLOW_CALL_S,
              "second call at any time": 0.0}
-    batches = store._reader.batches
     rounds: dict[str, list[dict]] = {name: [] for name in rules}
     try:
         for _ in range(args.rule_rounds):
             for name, slow_call_s in rules.items():
                 bigtable_profiles.SLOW_CALL_S = slow_call_s
-                reads0, calls0 = batches.reads, batches.calls
-                figures = measure_threads(lambda key: store.get(key, DEADLINE_S), keys, args.reads, args.threads,
-                                          emulator_pid, args.work_us / 1e6)
-                figures["reads_per_call"] = round((batches.reads - reads0) / (batches.calls - calls0), 2)
-                rounds[name].append(figures)
+                rounds[name].append(measure_coalesced(store, keys, args, emulator_pid))
     finally:
         bigtable_profiles.SLOW_CALL_S = next(iter(rules.values()))
     return rounds
@@ -194,14 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             "store.get": measure(lambda key: store.get(key, DEADLINE_S), keys, args.reads, emulator.proc.pid),
             "data client read_row": measure(official_reader(store), keys, args.reads, emulator.proc.pid),
         }
-        batches = store._reader.batches
-        reads0, calls0 = batches.reads, batches.calls
         coalesced = f"store.get, {args.threads} threads"
-        results[coalesced] = measure_threads(
-            lambda key: store.get(key, DEADLINE_S), keys, args.reads, args.threads, emulator.proc.pid,
-            args.work_us / 1e6,
-        )
-        results[coalesced]["reads_per_call"] = round((batches.reads - reads0) / (batches.calls - calls0), 2)
+        results[coalesced] = measure_coalesced(store, keys, args, emulator.proc.pid)
         reader = store._reader
         single = f"one call per read, {args.threads} threads"
         results[single] = measure_threads(
