@@ -112,7 +112,6 @@ def test_normalise_fast_path_matches_reference_field_by_field():
         for addons in _ADDON_LISTS:
             payload = dict(NEW, **{field: value}, active_addons=addons)
             if value is HUGE and field not in ("geo_city", "locale", "os"):  # both paths raise the same
-
                 for fn in (normalise_profile, reference_normalise_profile):
                     with pytest.raises(OverflowError):
                         fn(payload)
