@@ -16,7 +16,8 @@ What it does, all on 127.0.0.1:
    synthetic clients in SQLite and in the Bigtable emulator.
 2. Run 1 (SQLite profiles): ``gunicorn -c python:taar_web.gunicorn_conf taar_web.wsgi:app``
    with WORKERS=2 THREADS=8 and statsd metrics (bound to loopback). Single-request
-   median: one connection, one request at a time. CPU ms per request: the workers'
+   median: one connection, one request at a time (its CPU per request is the cost at a
+   light load, where workers idle between requests). CPU ms per request: the workers'
    user+system CPU during a load divided by its requests, for /__lbheartbeat__, the
    per-user route and TAARlite (run 2 adds the emulator's CPU per request). Cold start = process start to the
    first ``/__heartbeat__`` 200 (S5). Load with ``--connections`` keep-alive connections,
@@ -25,7 +26,11 @@ What it does, all on 127.0.0.1:
    ``/__lbheartbeat__``, the per-user route (90 % known, 10 % unknown ids), TAARlite
    on popular GUIDs (S1-S3). Per-worker RSS/PSS. Then the per-user load again while
    the models are republished 3 times (refresh interval 1 s): failed requests (S4).
-3. Run 2 (Bigtable emulator profiles): lbheartbeat and the per-user route (in turns), then the
+3. Run 2 (Bigtable emulator profiles): lbheartbeat and the per-user route (in turns) and,
+   in the same turns, two control servers (``bench.serve_conf``) serving the per-user
+   route from SQLite as is and with an idle ``--control-wait-ms`` wait in each profile
+   read: they split a Bigtable request's CPU into the request itself, the cost of
+   blocking on a remote read, and the gRPC client (``where_the_time_goes``). Then the
    per-user route while the emulator is stopped (SIGSTOP) with THREADS connections (no
    request queues behind another): every answer must be a 200 within the profile
    deadline + 50 ms (S6); the same with WORKERS x THREADS connections is reported beside.
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -157,9 +163,10 @@ def http_get(url: str, timeout: float = 5.0):
 
 
 class Server:
-    """``gunicorn -c python:taar_web.gunicorn_conf taar_web.wsgi:app`` on a loopback port."""
+    """``gunicorn -c python:taar_web.gunicorn_conf taar_web.wsgi:app`` on a loopback port (``conf``: another config)."""
 
-    def __init__(self, env: dict, log_path: Path):
+    def __init__(self, env: dict, log_path: Path, conf: str = "python:taar_web.gunicorn_conf"):
+        self.conf = conf
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env, "PORT": str(self.port)}
@@ -172,7 +179,7 @@ class Server:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in __exit__
         started = time.perf_counter()
         self.proc = subprocess.Popen(
-            [str(gunicorn), "-c", "python:taar_web.gunicorn_conf", "-b", f"127.0.0.1:{self.port}",
+            [str(gunicorn), "-c", self.conf, "-b", f"127.0.0.1:{self.port}",
              "taar_web.wsgi:app"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = started + 120
         while time.perf_counter() < deadline:
@@ -369,26 +376,26 @@ def measured_load(server, paths, duration_s, connections, label, client, cpu: di
     return result
 
 
-def interleaved_loads(server, loads, args, client, cpu: dict) -> dict[str, LoadResult]:
+def interleaved_loads(loads, args, client, cpu: dict) -> dict[str, LoadResult]:
     """Several loads taking turns: ``args.rounds`` rounds of ``args.duration / args.rounds`` s each.
 
-    ``loads`` is ``[(key, label, paths, extra_pids), ...]``. The machine's speed drifts over
+    ``loads`` is ``[(key, label, server, paths, extra_pids), ...]``. The machine's speed drifts over
     a minute, so loads compared with each other (S1, S3) are measured in alternation, not
     one after the other. Each load's result adds its rounds up: requests, time and
     failures summed (so req/s is over all rounds), p50 the median of the rounds', p99 and
     max the largest (conservative); ``cpu[label]`` is its CPU over all its requests.
     """
     rounds = {key: [] for key, *_ in loads}
-    spent = {key: [0.0] * (1 + len(extra)) for key, _, _, extra in loads}
+    spent = {key: [0.0] * (1 + len(extra)) for key, _, _, _, extra in loads}
     for _ in range(args.rounds):
-        for key, label, paths, extra_pids in loads:
+        for key, label, server, paths, extra_pids in loads:
             before = cpu_seconds(server, extra_pids)
             rounds[key].append(run_load(server.base, paths, args.duration / args.rounds, args.connections, label,
                                         client))
             for i, (after, start) in enumerate(zip(cpu_seconds(server, extra_pids), before, strict=True)):
                 spent[key][i] += after - start
     combined = {}
-    for key, label, _, extra_pids in loads:
+    for key, label, _, _, extra_pids in loads:
         results = rounds[key]
         requests, seconds = sum(r.requests for r in results), sum(r.duration_s for r in results)
         combined[key] = LoadResult(
@@ -485,6 +492,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-bigtable", action="store_true", help="skip the Bigtable emulator run")
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--statsd-port", type=int, default=8125, help="statsd UDP port (nothing needs to listen)")
+    parser.add_argument("--control-wait-ms", type=float, default=1.0,
+                        help="run 2 also loads the per-user route on SQLite with and without this idle wait "
+                             "in each profile read, to split a Bigtable request's CPU (0 skips)")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.duration / args.rounds < 1:
         parser.error("--rounds must be >= 1 and leave at least 1 s of --duration per round")
@@ -523,21 +533,23 @@ def main(argv=None) -> dict:
         print(f"  cold start (process start -> heartbeat 200): {figures['cold_start_s']} s", flush=True)
         run_load(server.base, ["/__lbheartbeat__"], 2, args.connections, "warm-up", client)
         cpu = figures["cpu_ms_per_request_by_load"] = {}
-        run1 = interleaved_loads(server, [
-            ("lbheartbeat", "/__lbheartbeat__", ["/__lbheartbeat__"], ()),
-            ("per_user", "per-user (SQLite)", user_paths, ()),
-            ("taarlite", "TAARlite (popular)", lite_paths, ()),
+        run1 = interleaved_loads([
+            ("lbheartbeat", "/__lbheartbeat__", server, ["/__lbheartbeat__"], ()),
+            ("per_user", "per-user (SQLite)", server, user_paths, ()),
+            ("taarlite", "TAARlite (popular)", server, lite_paths, ()),
         ], args, client, cpu)
         figures["cpu_ms_per_request"] = cpu["per-user (SQLite)"]["workers_ms"]
-        run1["single"] = run_load(server.base, user_paths, min(args.duration, 5.0), 1,
-                                  "per-user, one request at a time", client)
+        # light load (production's usual per-process load): the CPU a request costs when the
+        # worker idles between requests, beside its cost under load above
+        run1["single"] = measured_load(server, user_paths, min(args.duration, 5.0), 1,
+                                       "per-user, one request at a time", client, cpu)
         figures["memory"] = server.memory()
         figures["run1_sqlite"] = {k: asdict(v) for k, v in run1.items()}
         figures["hot_swap"] = hot_swap(server, store_dir, user_paths, args, client)
 
     # --- run 2: Bigtable emulator
     if not args.no_bigtable:
-        figures["run2_bigtable"] = bigtable_run(store_dir, rows, user_paths, args, client)
+        figures["run2_bigtable"] = bigtable_run(store_dir, rows, user_paths, sqlite_uri, args, client)
 
     if args.profile_requests:
         figures["profile_summary"] = profile_in_process(store_dir, sqlite_uri, user_paths, args.profile_requests)
@@ -549,13 +561,14 @@ def main(argv=None) -> dict:
                       "cpu_ms_per_request": figures["cpu_ms_per_request"],
                       "cpu_ms_per_request_by_load": {
                           "sqlite": figures["cpu_ms_per_request_by_load"],
-                          "bigtable": (figures.get("run2_bigtable") or {}).get("cpu_ms_per_request_by_load")}},
+                          "bigtable": (figures.get("run2_bigtable") or {}).get("cpu_ms_per_request_by_load")},
+                      "bigtable_where_the_time_goes": (figures.get("run2_bigtable") or {}).get("where_the_time_goes")},
                      indent=2))
     print(f"written {OUT / 'serve.json'}")
     return figures
 
 
-def bigtable_run(store_dir: Path, rows, user_paths, args, client) -> dict:
+def bigtable_run(store_dir: Path, rows, user_paths, sqlite_uri: str, args, client) -> dict:
     from tests.fixtures.emulators import BigtableEmulator, cbtemulator_binary
 
     binary = cbtemulator_binary()
@@ -568,14 +581,20 @@ def bigtable_run(store_dir: Path, rows, user_paths, args, client) -> dict:
         seconds = load_profiles(uri, rows)
         print(f"run 2: Bigtable emulator ({len(rows)} profiles loaded in {seconds:.1f} s)", flush=True)
         out: dict = {"load_s": round(seconds, 1)}
-        with Server(server_env(store_dir, uri, args), WORK / "gunicorn-bigtable.log") as server:
+        with contextlib.ExitStack() as servers:
+            server = servers.enter_context(Server(server_env(store_dir, uri, args), WORK / "gunicorn-bigtable.log"))
             run_load(server.base, user_paths, 2, args.connections, "warm-up", client)
+            loads = [
+                ("lbheartbeat", "/__lbheartbeat__", server, ["/__lbheartbeat__"], ()),
+                ("per_user", "per-user (Bigtable)", server, user_paths, (emulator.proc.pid,)),
+            ]
+            if args.control_wait_ms > 0:
+                loads += control_loads(servers, store_dir, sqlite_uri, user_paths, args, client)
             cpu = out["cpu_ms_per_request_by_load"] = {}
-            loads = interleaved_loads(server, [
-                ("lbheartbeat", "/__lbheartbeat__", ["/__lbheartbeat__"], ()),
-                ("per_user", "per-user (Bigtable)", user_paths, (emulator.proc.pid,)),
-            ], args, client, cpu)
-            out.update({key: asdict(result) for key, result in loads.items()})
+            results = interleaved_loads(loads, args, client, cpu)
+            out.update({key: asdict(result) for key, result in results.items()})
+            if args.control_wait_ms > 0:
+                out["where_the_time_goes"] = bigtable_breakdown(cpu, results, emulator.proc.pid, args)
             # S6: the store stops answering. With at most THREADS requests in flight no request
             # queues behind another even if the kernel hands every connection to one worker;
             # with WORKERS x THREADS connections an unlucky split makes some wait one more deadline.
@@ -589,6 +608,54 @@ def bigtable_run(store_dir: Path, rows, user_paths, args, client) -> dict:
             finally:
                 os.kill(emulator.proc.pid, signal.SIGCONT)
         os.environ.pop("BIGTABLE_EMULATOR_HOST", None)
+    return out
+
+
+CONTROL_WAIT_LABEL = "per-user (SQLite + {:g} ms wait)"
+
+
+def control_loads(servers: contextlib.ExitStack, store_dir: Path, sqlite_uri: str, user_paths, args, client):
+    """The per-user route on SQLite profiles, as is and with an idle wait in every read, beside run 2's loads.
+
+    Two more gunicorns (``bench.serve_conf``) entered on ``servers``: the second sleeps
+    ``--control-wait-ms`` before each profile read. Against the Bigtable load of the same
+    rounds they split a Bigtable request's CPU into the request without a remote read, the
+    cost of blocking on one on this machine, and the gRPC client (see :func:`bigtable_breakdown`).
+    """
+    loads = []
+    for key, wait_ms, label in (("control_sqlite", 0.0, "per-user (SQLite, same rounds)"),
+                                ("control_wait", args.control_wait_ms, CONTROL_WAIT_LABEL.format(args.control_wait_ms))):
+        env = {**server_env(store_dir, sqlite_uri, args), "BENCH_PROFILE_WAIT_MS": str(wait_ms)}
+        server = servers.enter_context(Server(env, WORK / f"gunicorn-{key}.log", conf="python:bench.serve_conf"))
+        run_load(server.base, user_paths, 1, args.connections, f"warm-up, {label}", client)
+        loads.append((key, label, server, user_paths, ()))
+    return loads
+
+
+def bigtable_breakdown(cpu: dict, results: dict, emulator_pid: int, args) -> dict:
+    """Where a per-user Bigtable request's CPU goes, from the loads of one set of rounds (printed).
+
+    * ``without_remote_read_ms``: the same route on SQLite (its read costs ~25 us);
+    * ``blocking_ms``: what an idle wait of ``--control-wait-ms`` in the read adds: the
+      thread parks, the GIL changes hands, the request resumes on colder caches;
+    * ``grpc_client_ms``: the rest of the Bigtable request's worker CPU;
+    * ``emulator_ms``: the emulator's CPU per request, on the same two cores;
+    * ``s1_with_wait_only``: per-user throughput over lbheartbeat for the SQLite + wait
+      server: what S1 with Bigtable would be with a client and a store that cost nothing
+      but the wait (an upper bound on this machine).
+    """
+    sqlite = cpu[results["control_sqlite"].label]["workers_ms"]
+    waiting = cpu[results["control_wait"].label]["workers_ms"]
+    bigtable = cpu[results["per_user"].label]
+    out = {
+        "control_wait_ms": args.control_wait_ms,
+        "without_remote_read_ms": sqlite,
+        "blocking_ms": round(waiting - sqlite, 3),
+        "grpc_client_ms": round(bigtable["workers_ms"] - waiting, 3),
+        "emulator_ms": bigtable[f"pid_{emulator_pid}_ms"],
+        "s1_with_wait_only": round(results["control_wait"].rps / (results["lbheartbeat"].rps or 1.0), 3),
+    }
+    print(f"  where a per-user Bigtable request's CPU goes (ms): {out}", flush=True)
     return out
 
 
