@@ -32,6 +32,13 @@ class ProfileFetcher:
         self.timeout_s = timeout_s
         self.metrics = metrics
         self._errors = RateLimitedLog(log_interval_s)
+        if metrics is not None and hasattr(store, "on_call"):
+            # a store that groups reads into calls (Bigtable) reports each call: reads per call is
+            # the count of profile_fetch timings over profile_read_call
+            store.on_call = self._on_call
+
+    def _on_call(self) -> None:
+        self.metrics.incr("profile_read_call")
 
     def _incr(self, name, tags=None):
         if self.metrics is not None:

@@ -473,6 +473,9 @@ class BigtableProfileStore:
         self._client = None
         self._table = None
         self._write_pid = None
+        #: Called (no arguments) for every ReadRows call this process sends, retries included, in the
+        #: sending read's thread: the service counts the calls (SPEC §6.5). Not pickled.
+        self.on_call = None
 
     @property
     def uri(self) -> str:
@@ -623,6 +626,8 @@ class BigtableProfileStore:
                     with batches.lock:
                         batches.calls += 1
                 retrying = True
+                if self.on_call is not None:
+                    self.on_call()
                 rows = {}
                 try:
                     for key, payload in reader.read(keys, left):

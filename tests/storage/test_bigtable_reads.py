@@ -259,8 +259,11 @@ def test_split_value_over_the_wire_with_routing_header(scripted):
 ])
 def test_transient_errors_are_retried_inside_the_deadline(scripted, status):
     server, store = scripted(status, status, stream([cell(b"v", commit=True)]))
+    reported = []
+    store.on_call = lambda: reported.append(len(server.calls))
     assert store.get(KEY, timeout_s=5) == b"v"
     assert len(server.calls) == 3
+    assert reported == [0, 1, 2]  # every attempt reported, each before it reached the server
     store.close()
 
 
@@ -731,7 +734,8 @@ def test_many_threads_get_exactly_their_own_payloads_from_the_emulator(emulator_
     assert one_at_a_time == {**found, **dict.fromkeys(missing)}  # written payloads; None for the rest
     batches = emulator_store._reader.batches
     reads0, calls0 = batches.reads, batches.calls
-    wrong, errors = [], []
+    wrong, errors, reported = [], [], []
+    emulator_store.on_call = lambda: reported.append(1)  # list.append: safe from many threads
 
     def read_all(seed):
         order = keys * 3
@@ -752,6 +756,7 @@ def test_many_threads_get_exactly_their_own_payloads_from_the_emulator(emulator_
     reads, calls = batches.reads - reads0, batches.calls - calls0
     assert reads == 16 * 50 * 3
     assert calls < reads  # coalesced: 16 threads share calls
+    assert len(reported) == calls  # every call reported once
     assert not batches.slots and not batches.queue and batches.in_flight == 0
 
 

@@ -31,6 +31,14 @@ def test_unknown_and_undecodable_rows_are_unknown_clients(bigtable_client, metri
     assert metrics.count("taar.profile_error") == 1
 
 
+def test_every_readrows_call_is_counted_beside_the_reads(bigtable_client, metrics):
+    # one request at a time: each profile read is its own ReadRows call, so the two counts agree
+    before = metrics.count("taar.profile_read_call")  # the app's warm-up read may or may not be counted
+    for client_id in (fixtures.KNOWN, fixtures.UNKNOWN, fixtures.KNOWN):
+        bigtable_client.get(f"/v1/api/recommendations/{client_id}/")
+    assert metrics.count("taar.profile_read_call") - before == 3
+
+
 def test_client_has_addon_reads_bigtable(bigtable_client):
     assert bigtable_client.get(f"/v1/api/client_has_addon/{fixtures.KNOWN}/a@x/").get_json() == {"results": True}
 
