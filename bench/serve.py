@@ -30,7 +30,8 @@ What it does, all on 127.0.0.1:
    in the same turns, two control servers (``bench.serve_conf``) serving the per-user
    route from SQLite as is and with an idle ``--control-wait-ms`` wait in each profile
    read: they split a Bigtable request's CPU into the request itself, the cost of
-   blocking on a remote read, and the gRPC client (``where_the_time_goes``). Then the
+   blocking on a remote read, and the gRPC client (``where_the_time_goes``); the Bigtable
+   server's statsd metrics come to a listener here, which gives reads per ``ReadRows`` call. Then the
    per-user route while the emulator is stopped (SIGSTOP) with THREADS connections (no
    request queues behind another): every answer must be a 200 within the profile
    deadline + 50 ms (S6); the same with WORKERS x THREADS connections is reported beside.
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import json
@@ -51,6 +53,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -582,7 +585,9 @@ def bigtable_run(store_dir: Path, rows, user_paths, sqlite_uri: str, args, clien
         print(f"run 2: Bigtable emulator ({len(rows)} profiles loaded in {seconds:.1f} s)", flush=True)
         out: dict = {"load_s": round(seconds, 1)}
         with contextlib.ExitStack() as servers:
-            server = servers.enter_context(Server(server_env(store_dir, uri, args), WORK / "gunicorn-bigtable.log"))
+            statsd = servers.enter_context(StatsdTally())  # this server's metrics only
+            server = servers.enter_context(Server({**server_env(store_dir, uri, args), "STATSD_PORT": str(statsd.port)},
+                                                  WORK / "gunicorn-bigtable.log"))
             run_load(server.base, user_paths, 2, args.connections, "warm-up", client)
             loads = [
                 ("lbheartbeat", "/__lbheartbeat__", server, ["/__lbheartbeat__"], ()),
@@ -591,7 +596,9 @@ def bigtable_run(store_dir: Path, rows, user_paths, sqlite_uri: str, args, clien
             if args.control_wait_ms > 0:
                 loads += control_loads(servers, store_dir, sqlite_uri, user_paths, args, client)
             cpu = out["cpu_ms_per_request_by_load"] = {}
+            before = statsd.counts()
             results = interleaved_loads(loads, args, client, cpu)
+            out["reads_per_call"] = reads_per_call(before, statsd.counts())
             out.update({key: asdict(result) for key, result in results.items()})
             if args.control_wait_ms > 0:
                 out["where_the_time_goes"] = bigtable_breakdown(cpu, results, emulator.proc.pid, args)
@@ -612,6 +619,53 @@ def bigtable_run(store_dir: Path, rows, user_paths, sqlite_uri: str, args, clien
 
 
 CONTROL_WAIT_LABEL = "per-user (SQLite + {:g} ms wait)"
+
+
+class StatsdTally:
+    """A statsd listener on a free loopback UDP port: counts each metric's lines (a counter: its values)."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self._counts = collections.Counter()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                packet = self.sock.recv(65535)
+            except OSError:  # closed
+                return
+            with self._lock:
+                for line in packet.decode().splitlines():
+                    name, _, rest = line.partition(":")
+                    value, _, kind = rest.partition("|")
+                    self._counts[name] += float(value) if kind.startswith("c") else 1
+
+    def counts(self, settle_s: float = 0.6) -> collections.Counter:
+        """The counts so far, after ``settle_s`` (the service sends a request's metrics within 0.5 s)."""
+        time.sleep(settle_s)
+        with self._lock:
+            return collections.Counter(self._counts)
+
+    def __enter__(self) -> StatsdTally:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.sock.close()
+
+
+def reads_per_call(before: collections.Counter, after: collections.Counter) -> float | None:
+    """Profile reads (``profile_fetch`` timings) per Bigtable ``ReadRows`` call (``profile_read_call``) between two counts."""
+    calls = after["taar.profile_read_call"] - before["taar.profile_read_call"]
+    reads = after["taar.profile_fetch"] - before["taar.profile_fetch"]
+    figure = round(reads / calls, 2) if calls else None
+    print(f"  per-user (Bigtable): {reads:.0f} profile reads in {calls:.0f} ReadRows calls, {figure} a call "
+          "(the service's statsd counters)", flush=True)
+    return figure
 
 
 def control_loads(servers: contextlib.ExitStack, store_dir: Path, sqlite_uri: str, user_paths, args, client):
