@@ -494,7 +494,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--models", type=Path, default=None, help="serve this model store instead of synthetic")
     parser.add_argument("--no-bigtable", action="store_true", help="skip the Bigtable emulator run")
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
-    parser.add_argument("--statsd-port", type=int, default=8125, help="statsd UDP port (nothing needs to listen)")
+    parser.add_argument("--statsd-port", type=int, default=8125,
+                        help="statsd UDP port (nothing needs to listen; run 2's Bigtable server sends to a "
+                             "listener of the benchmark's own)")
     parser.add_argument("--control-wait-ms", type=float, default=1.0,
                         help="run 2 also loads the per-user route on SQLite with and without this idle wait "
                              "in each profile read, to split a Bigtable request's CPU (0 skips)")
@@ -628,16 +630,18 @@ class StatsdTally:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
+        self.sock.settimeout(0.2)  # the listener checks for the end this often
         self._counts = collections.Counter()
         self._lock = threading.Lock()
+        self._done = threading.Event()
         self._thread = threading.Thread(target=self._listen, daemon=True)
 
     def _listen(self) -> None:
-        while True:
+        while not self._done.is_set():
             try:
                 packet = self.sock.recv(65535)
-            except OSError:  # closed
-                return
+            except TimeoutError:
+                continue
             with self._lock:
                 for line in packet.decode().splitlines():
                     name, _, rest = line.partition(":")
@@ -655,6 +659,8 @@ class StatsdTally:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
         self.sock.close()
 
 
