@@ -117,7 +117,6 @@ def index_interactions(pairs, guids, seed: int):
             .select("user", "item", "install_day", "user_hash"))
 
 
-
 @contextlib.contextmanager
 def indexed_interactions(daily, guids, seed: int, channel: str = "release", sample_id_max: int = 100):
     """Yield :func:`index_interactions` of :func:`client_items`, persisted and materialised (SPEC §8.9 step 2).
