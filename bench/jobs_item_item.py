@@ -211,9 +211,9 @@ def ensemble_comparison(telemetry: Path, models: Path, seed: int = 42, sample_ra
     whitelist, vocab = loaded["whitelist"], job.vocabulary(loaded)
     engine = build_engine(loaded)
     with job_session("bench-item-item-ensemble", "local[2]") as spark:
-        clients, counts = job.select_clients(spark, options, frozenset(whitelist))
-        blocks = job.score_clients(spark, clients, engine, {g: i for i, g in enumerate(vocab)}, whitelist,
-                                   options.candidates)
+        with job.select_clients(spark, options, frozenset(whitelist)) as (clients, counts):
+            blocks = job.score_clients(spark, clients, engine, {g: i for i, g in enumerate(vocab)}, whitelist,
+                                       options.candidates)
     data = ev.merge_blocks(blocks)
     result = job.evaluate(data, vocab, whitelist, None, options.k)
     four = at_k(result["curves"][job.NEW], K)

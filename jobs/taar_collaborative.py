@@ -8,7 +8,8 @@ Scala job and publishes the same artifacts; the training and evaluation core is
 Inputs
     The curated ``whitelist`` and the ``amo_database`` dated D from the model store
     (the latest copies only with ``--allow-latest-inputs``); ``clients_daily`` over
-    the ``--window-days`` days ending at D (``--source``: Parquet root or ``bq``).
+    the ``--window-days`` days ending at D (``--source``: Parquet root or ``bq``), read once:
+    its client items are persisted until the indexed interactions are materialised.
 Method
     Items = whitelisted GUIDs that AMO lists as webextensions, numbered in GUID
     order, each with its 23-bit Java-hash item id (GUIDs sharing an id are dropped,
@@ -65,9 +66,8 @@ from taar_etl.report import Table, write_evaluation_report
 from taar_etl.spark import als
 from taar_etl.spark.interactions import (
     Item,
-    client_items,
     evaluation_split,
-    index_interactions,
+    indexed_interactions,
     read_catalogue_items,
 )
 from taar_etl.spark.io import (
@@ -161,12 +161,8 @@ def run(options, fit=None) -> None:
     start, end = window(options.date, options.window_days)
     with job_session(JOB, options.spark_master, options.shuffle_partitions) as spark:
         daily = read_source(spark, options, "clients_daily", list(SOURCE_COLUMNS), start, end)
-        indexed = index_interactions(client_items(daily, guids, options.channel, options.sample_id_max),
-                                     guids, options.seed).cache()
-        try:
+        with indexed_interactions(daily, guids, options.seed, options.channel, options.sample_id_max) as indexed:
             outcome = train_and_evaluate(indexed, items, grid, options, fit)
-        finally:
-            indexed.unpersist()
         publish_outcome(store, outcome, options)  # archiving the model needs the session
 
 

@@ -30,6 +30,7 @@ Exit codes
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -51,6 +52,7 @@ from taar_etl.spark.io import (
     SAMPLE_BUCKETS,
     add_source_arguments,
     job_session,
+    persisted,
     publish_job_metrics,
     read_source,
     xxhash_order,
@@ -140,8 +142,15 @@ def vocabulary(models) -> tuple[str, ...]:
     return tuple(sorted(g for g in guids if isinstance(g, str) and g))
 
 
+@contextlib.contextmanager
 def select_clients(spark, options, whitelist):
-    """``(clients DataFrame, counts)``: filtered, sampled, eligible, capped, with split flags."""
+    """Yield ``(clients DataFrame, counts)``: filtered, sampled, eligible, capped, with split flags.
+
+    ``clients_last_seen`` is read once: each filtered row is reduced to its
+    ``sampled``/``usable`` flags and, for usable rows only, its source columns, and
+    that frame stays persisted (:func:`persisted`) for the ``with`` block, so the
+    counts and the clients (collected inside the block) both come from it.
+    """
     from pyspark.sql import functions as F
 
     from taar.eligibility import client_filter_column, eligible_column
@@ -159,17 +168,22 @@ def select_clients(spark, options, whitelist):
         "n_eligible": F.size(eligible_ids),
     })
     df = df.withColumn("usable", F.col("sampled") & (F.col("n_eligible") >= options.min_addons))
-    row = df.agg(F.count(F.lit(1)).alias("filtered"), F.sum(F.col("sampled").cast("long")).alias("sampled"),
-                 F.sum(F.col("usable").cast("long")).alias("eligible")).first()
-    counts = {"clients_filtered": int(row["filtered"] or 0), "clients_sampled": int(row["sampled"] or 0),
-              "clients_eligible": int(row["eligible"] or 0)}
-    split_key = xxhash_order(options.seed, F.lit("validation"), F.col("client_id"))
-    validation = F.pmod(split_key, F.lit(SAMPLE_BUCKETS)) < F.lit(int(round(options.validation_fraction
-                                                                            * SAMPLE_BUCKETS)))
-    clients = (df.where("usable").orderBy("sort_key", "client_id").limit(options.max_clients)
-               .withColumn("is_validation", validation)
-               .select(*SOURCE_COLUMNS, "sort_key", "is_validation"))
-    return clients, counts
+    # the counts need every filtered row, the scoring only the usable ones: the others keep two flags
+    slim = df.select("sampled", "usable",
+                     F.when(F.col("usable"), F.struct(*SOURCE_COLUMNS, "sort_key")).alias("client"))
+    with persisted(slim, "clients_last_seen rows") as rows:
+        row = rows.agg(F.count(F.lit(1)).alias("filtered"), F.sum(F.col("sampled").cast("long")).alias("sampled"),
+                       F.sum(F.col("usable").cast("long")).alias("eligible")).first()
+        counts = {"clients_filtered": int(row["filtered"] or 0), "clients_sampled": int(row["sampled"] or 0),
+                  "clients_eligible": int(row["eligible"] or 0)}
+        split_key = xxhash_order(options.seed, F.lit("validation"), F.col("client_id"))
+        validation = F.pmod(split_key, F.lit(SAMPLE_BUCKETS)) < F.lit(int(round(options.validation_fraction
+                                                                                * SAMPLE_BUCKETS)))
+        clients = (rows.where("usable").select("client.*").orderBy("sort_key", "client_id")
+                   .limit(options.max_clients)
+                   .withColumn("is_validation", validation)
+                   .select(*SOURCE_COLUMNS, "sort_key", "is_validation"))
+        yield clients, counts
 
 
 def score_clients(spark, clients, engine, vocab, whitelist, candidates: int):
@@ -241,9 +255,9 @@ def run(options) -> None:
     engine = build_engine(models, model_versions={key: d.version for key, d in descriptors.items()})
     started = time.monotonic()
     with job_session(JOB, options.spark_master, options.shuffle_partitions) as spark:
-        clients, counts = select_clients(spark, options, frozenset(whitelist))
-        blocks = score_clients(spark, clients, engine, {g: i for i, g in enumerate(vocab)}, whitelist,
-                               options.candidates)
+        with select_clients(spark, options, frozenset(whitelist)) as (clients, counts):
+            blocks = score_clients(spark, clients, engine, {g: i for i, g in enumerate(vocab)}, whitelist,
+                                   options.candidates)
     durations = {"select_and_score_s": round(time.monotonic() - started, 3)}
     started = time.monotonic()
     data = ev.merge_blocks(blocks)

@@ -8,7 +8,8 @@ are the collaborative job's (:mod:`taar_etl.spark.interactions`).
 Inputs
     The curated ``whitelist`` and the ``amo_database`` dated D from the model store
     (the latest copies only with ``--allow-latest-inputs``); ``clients_daily`` over
-    the ``--window-days`` days ending at D (``--source``: Parquet root or ``bq``).
+    the ``--window-days`` days ending at D (``--source``: Parquet root or ``bq``), read once:
+    its client items are persisted until the indexed interactions are materialised.
 Method
     Items and interactions exactly as ``taar_collaborative`` (SPEC §8.9 steps 1-3):
     whitelisted AMO webextensions in GUID order, each sampled client's eligible
@@ -53,9 +54,8 @@ from taar_etl.cli import JobFailed, UsageError, ValidationError, base_parser, ru
 from taar_etl.report import Table, write_evaluation_report
 from taar_etl.spark import als, ease
 from taar_etl.spark.interactions import (
-    client_items,
     evaluation_split,
-    index_interactions,
+    indexed_interactions,
     read_catalogue_items,
 )
 from taar_etl.spark.io import (
@@ -145,12 +145,8 @@ def run(options, fit=None) -> None:
     start, end = window(options.date, options.window_days)
     with job_session(JOB, options.spark_master, options.shuffle_partitions) as spark:
         daily = read_source(spark, options, "clients_daily", list(SOURCE_COLUMNS), start, end)
-        indexed = index_interactions(client_items(daily, guids, options.channel, options.sample_id_max),
-                                     guids, options.seed).cache()
-        try:
+        with indexed_interactions(daily, guids, options.seed, options.channel, options.sample_id_max) as indexed:
             outcome = train_and_evaluate(indexed, len(guids), lambdas, options, fit)
-        finally:
-            indexed.unpersist()
     model = build_artifact(guids, outcome.neighbours, outcome.lam, options.neighbours)
     publish(store, "item_item", model, options.date, producer_tag(JOB), options.force_latest)
     outputs = {"items": len(guids), "neighbour_weights": int(outcome.neighbours.nnz),

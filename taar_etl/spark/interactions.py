@@ -19,7 +19,7 @@ from taar.hashing import item_id
 from taar_etl import amo
 from taar_etl.cli import JobFailed, ValidationError
 from taar_etl.spark.als import collect_eval_sets
-from taar_etl.spark.io import latest_row_per_client, read_input_artifact, xxhash_order
+from taar_etl.spark.io import latest_row_per_client, persisted, read_input_artifact, xxhash_order
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +116,20 @@ def index_interactions(pairs, guids, seed: int):
     return (pairs.join(F.broadcast(items), "guid").join(users, "client_id")
             .select("user", "item", "install_day", "user_hash"))
 
+
+@contextlib.contextmanager
+def indexed_interactions(daily, guids, seed: int, channel: str = "release", sample_id_max: int = 100):
+    """Yield :func:`index_interactions` of :func:`client_items`, persisted and materialised (SPEC §8.9 step 2).
+
+    ``daily`` is read once: the client items are persisted (:func:`persisted`) before
+    the user ranking and the join both scan them, and unpersisted as soon as the
+    indexed interactions are materialised in their own persisted copy, which lives
+    until the ``with`` block ends (also on error).
+    """
+    with contextlib.ExitStack() as stack:
+        with persisted(client_items(daily, guids, channel, sample_id_max), "client items") as pairs:
+            indexed = stack.enter_context(persisted(index_interactions(pairs, guids, seed), "indexed interactions"))
+        yield indexed
 
 # --------------------------------------------------------------------------- Spark: holdout
 

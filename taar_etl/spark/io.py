@@ -11,7 +11,8 @@ same way: :func:`job_session` (reuse an active session, stop only one it made),
 :func:`sample_clients`, :func:`latest_row_per_client`,
 :func:`read_input_artifact` (dated input artifacts of the same DAG run),
 :func:`add_source_arguments` / :func:`read_source` (``--bq-tables`` overrides and
-the views' materialisation dataset) and :func:`publish_job_metrics` (SPEC §9.3).
+the views' materialisation dataset), :func:`persisted` (read a source once, SPEC
+§8.0) and :func:`publish_job_metrics` (SPEC §9.3).
 """
 
 from __future__ import annotations
@@ -293,6 +294,33 @@ def read_source(spark, options, table, columns, start, end):
     return read_table(spark, options.source, table, columns, start, end, bq_tables=bq_tables_from(options),
                       materialization_dataset=getattr(options, "bq_materialization_dataset", None),
                       allow_missing_days=getattr(options, "allow_missing_days", 0))
+
+
+@contextlib.contextmanager
+def persisted(df, what="input"):
+    """Persist ``df`` (``MEMORY_AND_DISK``), materialise it with one ``count()``, yield it; unpersist on exit.
+
+    The way a job reads its telemetry source once (SPEC §8.0): ``df`` is the smallest
+    projection of the source that every later use shares; each of those uses then
+    scans the persisted copy instead of the source (several BigQuery read sessions,
+    and no common snapshot, otherwise). ``MEMORY_AND_DISK`` because a production
+    window need not fit in executor memory: spilled blocks stay readable, where
+    evicted ones would be recomputed from the source.
+
+    A result derived from ``df`` and cached by the caller must be materialised by an
+    action inside the ``with`` block: ``cache()`` is lazy, and a cache first filled
+    after ``df`` is unpersisted would read the source again. Unpersisted also when
+    the block raises.
+    """
+    from pyspark import StorageLevel
+
+    frame = df.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        rows = frame.count()
+        logger.info("%s persisted: %d rows", what, rows, extra={"fields": {"persisted": what, "rows": rows}})
+        yield frame
+    finally:
+        frame.unpersist()
 
 
 def publish_job_metrics(store, job, prefix, date, seed, params, inputs, outputs, evaluation=None,

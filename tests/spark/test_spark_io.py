@@ -11,6 +11,7 @@ from taar_etl.spark.io import (
     SourceError,
     job_session,
     latest_row_per_client,
+    persisted,
     read_input_artifact,
     read_table,
     sample_clients,
@@ -166,6 +167,27 @@ def test_job_session_reuses_the_active_session_and_restores_its_settings(spark):
     assert spark.conf.get("spark.sql.shuffle.partitions") == before
     assert spark.range(3).count() == 3  # still running
 
+
+
+def test_persisted_materialises_the_frame_so_later_actions_never_read_the_source(spark, tmp_path):
+    spark.range(6).write.parquet(str(tmp_path / "t"))
+    df = spark.read.parquet(str(tmp_path / "t"))
+    with persisted(df, "t") as frame:
+        for path in (tmp_path / "t").glob("*.parquet"):
+            path.unlink()
+        # the source files are gone: these actions can only be answered from the persisted copy
+        assert sorted(r.id for r in frame.collect()) == [0, 1, 2, 3, 4, 5]
+        assert frame.where("id % 2 = 0").count() == 3
+        assert frame.storageLevel.useMemory and frame.storageLevel.useDisk  # MEMORY_AND_DISK
+    assert not frame.is_cached
+
+
+def test_persisted_unpersists_when_the_block_raises(spark):
+    with pytest.raises(RuntimeError, match="boom"):
+        with persisted(spark.range(3)) as frame:
+            assert frame.is_cached
+            raise RuntimeError("boom")
+    assert not frame.is_cached
 
 @pytest.fixture()
 def store(tmp_path):
