@@ -131,6 +131,7 @@ def indexed_interactions(daily, guids, seed: int, channel: str = "release", samp
             indexed = stack.enter_context(persisted(index_interactions(pairs, guids, seed), "indexed interactions"))
         yield indexed
 
+
 # --------------------------------------------------------------------------- Spark: holdout
 
 

@@ -219,7 +219,6 @@ def test_rerun_with_one_partition_gives_byte_identical_artifacts_at_4_blocks(fir
             dated_bytes(first_models, key, synthetic_small.end_date), key
 
 
-
 def test_clients_daily_is_read_once(first_run, synthetic_small, inputs, tmp_path, monkeypatch):
     # every Parquet file of clients_daily is deleted as soon as the client items are persisted: a second
     # read of the source (the user ranking, the join, a recomputed cache) would fail the run
@@ -233,6 +232,7 @@ def test_clients_daily_is_read_once(first_run, synthetic_small, inputs, tmp_path
     for key in ("item_matrix", "addon_mapping", "metrics"):
         assert dated_bytes(models, key, synthetic_small.end_date) == \
             dated_bytes(first_models, key, synthetic_small.end_date), key
+
 
 def test_explicit_grid_selects_on_validation_without_refit(spark, synthetic_small, inputs, tmp_path):
     models = tmp_path / "models"
