@@ -168,7 +168,6 @@ def test_job_session_reuses_the_active_session_and_restores_its_settings(spark):
     assert spark.range(3).count() == 3  # still running
 
 
-
 def test_persisted_materialises_the_frame_so_later_actions_never_read_the_source(spark, tmp_path):
     spark.range(6).write.parquet(str(tmp_path / "t"))
     df = spark.read.parquet(str(tmp_path / "t"))
@@ -188,6 +187,7 @@ def test_persisted_unpersists_when_the_block_raises(spark):
             assert frame.is_cached
             raise RuntimeError("boom")
     assert not frame.is_cached
+
 
 @pytest.fixture()
 def store(tmp_path):

@@ -137,7 +137,6 @@ def test_same_seed_gives_the_same_weights_and_keeps_them(first_run, synthetic_sm
     assert descriptor.version == f"{synthetic_small.end_date:%Y%m%d}"
 
 
-
 def test_clients_last_seen_is_read_once(first_run, base_store, synthetic_small, tmp_path, monkeypatch):
     # every Parquet file of clients_last_seen is deleted as soon as the slim client frame is persisted: the
     # counts and the scoring must both come from it, a second read of the source would fail the run
@@ -153,6 +152,7 @@ def test_clients_last_seen_is_read_once(first_run, base_store, synthetic_small, 
     name = artifacts.get("ensemble_weights").dated_name(synthetic_small.end_date)
     assert open_model_store(str(tmp_path / "models")).read_bytes(name) == \
         open_model_store(str(first_models)).read_bytes(name)
+
 
 def test_broken_models_are_refused_and_latest_weights_stay(spark, ensemble_models, synthetic_small, tmp_path):
     """Scrambled models score below popularity: exit 3, the latest weights untouched, report kept."""

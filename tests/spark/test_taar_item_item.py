@@ -178,7 +178,6 @@ def test_rerun_with_other_partitioning_gives_byte_identical_artifacts(first_run,
             dated_bytes(first_models, key, synthetic_small.end_date), key
 
 
-
 def test_clients_daily_is_read_once(first_run, synthetic_small, inputs, tmp_path, monkeypatch):
     # every Parquet file of clients_daily is deleted as soon as the client items are persisted: a second
     # read of the source would fail the run
@@ -192,6 +191,7 @@ def test_clients_daily_is_read_once(first_run, synthetic_small, inputs, tmp_path
     for key in ("item_item", "metrics"):
         assert dated_bytes(models, key, synthetic_small.end_date) == \
             dated_bytes(first_models, key, synthetic_small.end_date), key
+
 
 def shuffled_fit(gram, lam, top_k):
     """A deliberately broken trainer: the real weights, then item columns permuted."""
