@@ -20,7 +20,7 @@ from taar import artifacts, codecs
 from taar.publishing import producer_tag, publish, read_artifact
 from taar.recommenders import ENSEMBLE_MEMBERS
 from taar.storage import open_model_store
-from tests.fixtures.source_reads import copy_table, delete_source_after_persist
+from tests.fixtures.source_reads import run_with_source_deleted
 from tests.fixtures.synthetic_models import broken_models, build_models, publish_models
 
 pytestmark = pytest.mark.spark
@@ -140,12 +140,11 @@ def test_same_seed_gives_the_same_weights_and_keeps_them(first_run, synthetic_sm
 def test_clients_last_seen_is_read_once(first_run, base_store, synthetic_small, tmp_path, monkeypatch):
     # every Parquet file of clients_last_seen is deleted as soon as the slim client frame is persisted: the
     # counts and the scoring must both come from it, a second read of the source would fail the run
-    source = copy_table(synthetic_small.telemetry, "clients_last_seen", tmp_path / "telemetry")
-    deleted = delete_source_after_persist(monkeypatch, taar_ensemble, source / "clients_last_seen")
     _, first_models, first = first_run
     shutil.copytree(base_store, tmp_path / "models")
-    assert run_job(synthetic_small, tmp_path / "models", tmp_path / "etl", "--source", str(source)) == 0
-    assert deleted and not list((source / "clients_last_seen").rglob("*.parquet"))
+    run_with_source_deleted(monkeypatch, taar_ensemble, synthetic_small.telemetry, "clients_last_seen", tmp_path,
+                            lambda source: run_job(synthetic_small, tmp_path / "models", tmp_path / "etl",
+                                                   "--source", str(source)))
     report = load_report(tmp_path / "models", synthetic_small.end_date)
     for key in ("counts", "search", "weights", "metrics", "decision"):
         assert report[key] == first[key], key

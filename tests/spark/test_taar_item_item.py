@@ -18,7 +18,7 @@ from taar.storage import open_model_store
 from taar_etl.cli import run_job
 from taar_etl.spark import ease, interactions
 from tests.fixtures.collaborative_inputs import publish_inputs
-from tests.fixtures.source_reads import copy_table, delete_source_after_persist
+from tests.fixtures.source_reads import run_with_source_deleted
 
 pytestmark = pytest.mark.spark
 
@@ -181,13 +181,11 @@ def test_rerun_with_other_partitioning_gives_byte_identical_artifacts(first_run,
 def test_clients_daily_is_read_once(first_run, synthetic_small, inputs, tmp_path, monkeypatch):
     # every Parquet file of clients_daily is deleted as soon as the client items are persisted: a second
     # read of the source would fail the run
-    source = copy_table(synthetic_small.telemetry, "clients_daily", tmp_path / "telemetry")
-    deleted = delete_source_after_persist(monkeypatch, interactions, source / "clients_daily")
     _, first_models, _ = first_run
     models = tmp_path / "models"
     shutil.copytree(inputs, models)
-    assert run_main(synthetic_small, models, tmp_path / "etl", "--source", str(source)) == 0
-    assert deleted and not list((source / "clients_daily").rglob("*.parquet"))
+    run_with_source_deleted(monkeypatch, interactions, synthetic_small.telemetry, "clients_daily", tmp_path,
+                            lambda source: run_main(synthetic_small, models, tmp_path / "etl", "--source", str(source)))
     for key in ("item_item", "metrics"):
         assert dated_bytes(models, key, synthetic_small.end_date) == \
             dated_bytes(first_models, key, synthetic_small.end_date), key
