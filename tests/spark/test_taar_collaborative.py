@@ -2,7 +2,6 @@
 
 import dataclasses
 import datetime as dt
-import functools
 import json
 import logging
 import shutil
@@ -17,9 +16,9 @@ from taar.hashing import item_id
 from taar.publishing import producer_tag, publish, read_artifact
 from taar.recommenders import build_engine
 from taar.storage import open_model_store
-from taar_etl.cli import ValidationError, run_job
+from taar_etl.cli import ValidationError
 from taar_etl.spark import als, interactions
-from tests.fixtures.collaborative_inputs import publish_inputs
+from tests.fixtures.collaborative_inputs import job_runner, publish_inputs
 from tests.fixtures.parquet_builders import addon, client_row, write_tables
 from tests.fixtures.source_reads import run_with_source_deleted
 from tests.fixtures.spark import py_xxhash
@@ -133,19 +132,7 @@ def inputs(synthetic_small, tmp_path_factory):
     return root
 
 
-def run_main(synthetic_small, models, etl, *extra, fit=None):
-    argv = ["--date", synthetic_small.end_date.isoformat(), "--model-store", str(models), "--etl-store", str(etl),
-            "--source", str(synthetic_small.telemetry), *SMALL, *extra]
-    if fit is None:
-        return job.main(argv)
-    return run_job(functools.partial(job.run, fit=fit), job.build_parser().parse_args(argv), job.JOB)
-
-
-def dated_bytes(models, key, date):
-    store = open_model_store(str(models))
-    name = artifacts.metrics_artifact(job.JOB, job.METRICS_PREFIX).dated_name(date) if key == "metrics" \
-        else artifacts.get(key).dated_name(date)
-    return store.read_bytes(name)
+run_main, dated_bytes = job_runner(job, SMALL)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """jobs/taar_item_item.py and taar_etl.spark.ease (SPEC §8.11): closed form by hand, Gram matrix in Spark,
 then whole runs on synthetic data."""
 
-import functools
 import json
 import shutil
 
@@ -15,9 +14,8 @@ from taar.codecs import decode
 from taar.publishing import read_artifact
 from taar.recommenders import build_engine
 from taar.storage import open_model_store
-from taar_etl.cli import run_job
 from taar_etl.spark import ease, interactions
-from tests.fixtures.collaborative_inputs import publish_inputs
+from tests.fixtures.collaborative_inputs import job_runner, publish_inputs
 from tests.fixtures.source_reads import run_with_source_deleted
 
 pytestmark = pytest.mark.spark
@@ -113,19 +111,7 @@ def inputs(synthetic_small, tmp_path_factory):
     return root
 
 
-def run_main(synthetic_small, models, etl, *extra, fit=None):
-    argv = ["--date", synthetic_small.end_date.isoformat(), "--model-store", str(models), "--etl-store", str(etl),
-            "--source", str(synthetic_small.telemetry), *SMALL, *extra]
-    if fit is None:
-        return job.main(argv)
-    return run_job(functools.partial(job.run, fit=fit), job.build_parser().parse_args(argv), job.JOB)
-
-
-def dated_bytes(models, key, date):
-    store = open_model_store(str(models))
-    name = artifacts.metrics_artifact(job.JOB, job.METRICS_PREFIX).dated_name(date) if key == "metrics" \
-        else artifacts.get(key).dated_name(date)
-    return store.read_bytes(name)
+run_main, dated_bytes = job_runner(job, SMALL)
 
 
 @pytest.fixture(scope="module")
