@@ -32,13 +32,20 @@ class ProfileFetcher:
         self.timeout_s = timeout_s
         self.metrics = metrics
         self._errors = RateLimitedLog(log_interval_s)
+        self._count_errors = RateLimitedLog(log_interval_s)
         if metrics is not None and hasattr(store, "on_call"):
             # a store that groups reads into calls (Bigtable) reports each call: reads per call is
             # the count of profile_fetch timings over profile_read_call
             store.on_call = self._on_call
 
     def _on_call(self) -> None:
-        self.metrics.incr("profile_read_call")
+        try:
+            self.metrics.incr("profile_read_call")
+        except Exception:  # counting a call must never fail the reads it carries
+            suppressed = self._count_errors.allow()
+            if suppressed is not None:
+                logger.warning("profile_read_call not counted (%d more since the last report)", suppressed,
+                               exc_info=True)
 
     def _incr(self, name, tags=None):
         if self.metrics is not None:

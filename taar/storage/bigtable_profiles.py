@@ -473,8 +473,8 @@ class BigtableProfileStore:
         self._client = None
         self._table = None
         self._write_pid = None
-        #: Called (no arguments) for every ReadRows call this process sends, retries included, in the
-        #: sending read's thread: the service counts the calls (SPEC §6.5). Not pickled.
+        #: Called (no arguments, must not raise) for every ReadRows call this process sends, retries
+        #: included, in the sending read's thread: the service counts the calls (SPEC §6.5). Not pickled.
         self.on_call = None
 
     @property

@@ -43,3 +43,32 @@ def test_fetcher_outcomes_are_counted():
     assert m.counts[("profile_not_found", ())] == 1
     assert m.counts[("profile_timeout", ())] == 1
     assert m.counts[("profile_error", ())] == 2
+
+
+class _CallingStore(_Store):
+    """A store that groups reads into calls (as Bigtable's): it reports one call per read."""
+
+    on_call = None
+
+    def get(self, key, timeout_s):
+        self.on_call()
+        return super().get(key, timeout_s)
+
+
+class _BrokenMetrics(_Metrics):
+    def incr(self, name, value=1, tags=None):
+        if name == "profile_read_call":
+            raise OSError("statsd unreachable")
+        super().incr(name, value, tags)
+
+
+def test_read_calls_are_counted_and_a_failing_count_never_fails_the_read(caplog):
+    m = _Metrics()
+    fetcher = ProfileFetcher(_CallingStore(encode_payload(NEW)), metrics=m)
+    assert fetcher.get("k")["client_id"] == "k" and fetcher.get("k") is not None
+    assert m.counts[("profile_read_call", ())] == 2
+    broken = ProfileFetcher(_CallingStore(encode_payload(NEW)), metrics=_BrokenMetrics(), log_interval_s=60)
+    for _ in range(3):
+        assert broken.get("k")["client_id"] == "k"
+    reports = [r for r in caplog.records if "profile_read_call not counted" in r.getMessage()]
+    assert len(reports) == 1  # rate-limited: one report for three failures
