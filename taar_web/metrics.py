@@ -41,6 +41,8 @@ STATSD_FLUSH_INTERVAL_S = 0.5
 logger = logging.getLogger(__name__)
 #: A backend that fails on every request is reported once a minute per process, not once per request.
 _publish_failures = RateLimitedLog()
+#: The same for metrics recorded outside a request (refresher, warm-up), published one by one.
+_record_failures = RateLimitedLog()
 
 
 class Metrics(MetricsInterface):
@@ -83,12 +85,19 @@ class Metrics(MetricsInterface):
         self._record("histogram", stat, value, tags)
 
     def _publish(self, record):
+        """Publish one record made outside a request; like a request's batch, it never raises."""
         backends = self.backends
-        if len(backends) == 1:  # nobody else sees this record: no defensive copy
-            backends[0].emit_to_backend(record)
-            return
-        for backend in backends:
-            backend.emit_to_backend(record.__copy__())
+        try:
+            if len(backends) == 1:  # nobody else sees this record: no defensive copy
+                backends[0].emit_to_backend(record)
+                return
+            for backend in backends:
+                backend.emit_to_backend(record.__copy__())
+        except Exception:  # metrics must never fail their caller (a refresh pass, a profile read)
+            suppressed = _record_failures.allow()
+            if suppressed is not None:
+                logger.warning("dropped metric %s outside a request (%d more dropped since the last report)",
+                               record.key, suppressed, exc_info=True)
 
     def publish_batch(self, items: list[tuple]) -> None:
         """Hand a request's ``(stat_type, key, value, tags)`` items to every backend."""

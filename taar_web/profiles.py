@@ -24,7 +24,8 @@ class ProfileFetcher:
 
     Outcomes: a normalised profile, or ``None`` for not found, timeout or any
     error (each counted). Never raises. ``metrics`` is markus-like
-    (``incr(name, value=1, tags=None)``).
+    (``incr(name, value=1, tags=None)``) and must not raise either, as the service's
+    :class:`taar_web.metrics.Metrics` never does.
     """
 
     def __init__(self, store, timeout_s: float = 0.15, metrics=None, *, log_interval_s: float = LOG_INTERVAL_SECONDS):
@@ -32,20 +33,13 @@ class ProfileFetcher:
         self.timeout_s = timeout_s
         self.metrics = metrics
         self._errors = RateLimitedLog(log_interval_s)
-        self._count_errors = RateLimitedLog(log_interval_s)
         if metrics is not None and hasattr(store, "on_call"):
             # a store that groups reads into calls (Bigtable) reports each call: reads per call is
-            # the count of profile_fetch timings over profile_read_call
+            # the count of profile_fetch timings over profile_read_call (the metrics never raise)
             store.on_call = self._on_call
 
     def _on_call(self) -> None:
-        try:
-            self.metrics.incr("profile_read_call")
-        except Exception:  # counting a call must never fail the reads it carries
-            suppressed = self._count_errors.allow()
-            if suppressed is not None:
-                logger.warning("profile_read_call not counted (%d more since the last report)", suppressed,
-                               exc_info=True)
+        self.metrics.incr("profile_read_call")
 
     def _incr(self, name, tags=None):
         if self.metrics is not None:

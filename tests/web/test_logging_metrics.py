@@ -452,6 +452,32 @@ def test_a_failing_backend_does_not_fail_the_request_and_is_reported_once_a_minu
         "dropped 2 metrics of a request (3 more failed requests since the last report)"]
 
 
+def test_a_failing_backend_outside_a_request_never_raises_and_is_reported_once_a_minute(caplog, monkeypatch):
+    from markus.backends import BackendBase
+
+    from taar.logs import RateLimitedLog
+    from taar_web import metrics as metrics_module
+
+    class Broken(BackendBase):
+        def emit(self, record):
+            raise RuntimeError("backend down")
+
+    now = [0.0]
+    monkeypatch.setattr(metrics_module, "_record_failures", RateLimitedLog(60.0, clock=lambda: now[0]))
+    metrics = Metrics([Broken(), Broken()])  # two backends: the copying branch
+
+    def drops():
+        return [r.getMessage() for r in caplog.records if "dropped metric" in r.getMessage()]
+
+    metrics.incr("model_refresh")  # the refresher and the warm-up record outside a request: must not raise
+    assert drops() == ["dropped metric taar.model_refresh outside a request (0 more dropped since the last report)"]
+    for _ in range(3):
+        metrics.gauge("model_age_seconds", 1.0)
+    now[0] = 61.0
+    metrics.timing("profile_fetch", 2.0)
+    assert drops()[1:] == ["dropped metric taar.profile_fetch outside a request (3 more dropped since the last report)"]
+
+
 def test_generated_request_ids_differ_between_forked_workers():
     import os
 
