@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import statistics
 import time
 from pathlib import Path
 
@@ -115,7 +116,7 @@ def median_call_us(fn, items, idle_s: float = 0.0) -> float:
         started = time.perf_counter()
         fn(item)
         times.append(time.perf_counter() - started)
-    return sorted(times)[len(times) // 2] * 1e6
+    return statistics.median(times) * 1e6
 
 
 def manager_cpu_figures(n_requests: int, limit: int = 10, idle_s: float = 0.002) -> dict:
@@ -133,6 +134,7 @@ def manager_cpu_figures(n_requests: int, limit: int = 10, idle_s: float = 0.002)
     requests = [(cid, i) for i, cid in enumerate(profiles)]
     for cid, i in requests[:200]:  # warm-up
         manager.recommend(cid, limit, extra=extra, seed=i)
+
     def recommend(r):
         manager.recommend(r[0], limit, extra=extra, seed=r[1])
 

@@ -620,9 +620,6 @@ def bigtable_run(store_dir: Path, rows, user_paths, sqlite_uri: str, args, clien
     return out
 
 
-CONTROL_WAIT_LABEL = "per-user (SQLite + {:g} ms wait)"
-
-
 class StatsdTally:
     """A statsd listener on a free loopback UDP port: counts each metric's lines (a counter: its values)."""
 
@@ -683,8 +680,9 @@ def control_loads(servers: contextlib.ExitStack, store_dir: Path, sqlite_uri: st
     cost of blocking on one on this machine, and the gRPC client (see :func:`bigtable_breakdown`).
     """
     loads = []
+    waiting = f"per-user (SQLite + {args.control_wait_ms:g} ms wait)"
     for key, wait_ms, label in (("control_sqlite", 0.0, "per-user (SQLite, same rounds)"),
-                                ("control_wait", args.control_wait_ms, CONTROL_WAIT_LABEL.format(args.control_wait_ms))):
+                                ("control_wait", args.control_wait_ms, waiting)):
         env = {**server_env(store_dir, sqlite_uri, args), "BENCH_PROFILE_WAIT_MS": str(wait_ms)}
         server = servers.enter_context(Server(env, WORK / f"gunicorn-{key}.log", conf="python:bench.serve_conf"))
         run_load(server.base, user_paths, 1, args.connections, f"warm-up, {label}", client)
